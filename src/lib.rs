@@ -1,0 +1,13 @@
+//! pubsubpull: a PostgreSQL change streamer.
+//!
+//! One process per database reads the write-ahead log through a logical replication slot
+//! (pgoutput, wal2json or test_decoding), turns every change into one normalized change object,
+//! and hands it on. The modules follow a change through the pipeline:
+//!
+//! - [`source`]: the replication connection (startup, authentication, TLS, slot, streaming, feedback);
+//! - [`decode`]: plugin output to [`decode::Change`]s, the same for every plugin;
+//! - [`assemble`]: whole transactions, in commit order, with their commit data;
+//! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON.
+
+pub mod decode;
+pub mod lsn;
