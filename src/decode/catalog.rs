@@ -39,6 +39,14 @@ pub enum KeyColumns {
     None,
 }
 
+/// What the catalog knows of a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableInfo {
+    pub key: KeyColumns,
+    /// REPLICA IDENTITY FULL: updates and deletes log the whole old row.
+    pub full_identity: bool,
+}
+
 impl KeyColumns {
     /// Whether `column` is part of the key.
     pub fn contains(&self, column: &str) -> bool {
@@ -56,7 +64,7 @@ pub struct Catalog {
     rows: HashMap<u32, TypeRow>,
     by_oid: HashMap<u32, TypeKind>,
     by_name: HashMap<String, TypeKind>,
-    tables: HashMap<TableName, KeyColumns>,
+    tables: HashMap<TableName, TableInfo>,
 }
 
 const BUILTIN_TYPES: &str = include_str!("builtin_types.tsv");
@@ -67,9 +75,8 @@ const MAX_DOMAIN_DEPTH: usize = 32;
 impl Catalog {
     /// PostgreSQL's built-in types and no tables.
     pub fn builtin() -> Catalog {
-        let rows = BUILTIN_TYPES
-            .lines()
-            .map(|line| parse_builtin_row(line).expect("builtin_types.tsv is well formed"));
+        let rows =
+            BUILTIN_TYPES.lines().map(|line| parse_type_row(line).expect("builtin_types.tsv is well formed"));
         let mut catalog = Catalog {
             rows: HashMap::new(),
             by_oid: HashMap::new(),
@@ -94,9 +101,9 @@ impl Catalog {
         }
     }
 
-    /// Records which columns identify `table`'s rows.
-    pub fn set_key(&mut self, table: TableName, key: KeyColumns) {
-        self.tables.insert(table, key);
+    /// Records what identifies `table`'s rows.
+    pub fn set_table(&mut self, table: TableName, info: TableInfo) {
+        self.tables.insert(table, info);
     }
 
     /// The mapping of type `oid`, if known.
@@ -109,8 +116,8 @@ impl Catalog {
         self.by_name.get(name).copied()
     }
 
-    /// The key columns of `table`, if known.
-    pub fn key(&self, table: &TableName) -> Option<&KeyColumns> {
+    /// What identifies `table`'s rows, if the table is known.
+    pub fn table(&self, table: &TableName) -> Option<&TableInfo> {
         self.tables.get(table)
     }
 
@@ -150,7 +157,8 @@ fn scalar_of(oid: u32) -> Scalar {
     }
 }
 
-fn parse_builtin_row(line: &str) -> Option<TypeRow> {
+/// Parses one line in the columns of `builtin_types.tsv`.
+pub fn parse_type_row(line: &str) -> Option<TypeRow> {
     let mut fields = line.split('\t');
     let mut next = || fields.next();
     Some(TypeRow {

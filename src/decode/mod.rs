@@ -5,6 +5,8 @@
 //! A decoder returns an error for anything it does not understand and never panics.
 
 pub mod catalog;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod pgoutput;
 pub mod test_decoding;
 pub mod value;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
-pub use catalog::{Catalog, KeyColumns};
+pub use catalog::{Catalog, KeyColumns, TableInfo};
 pub use value::{Value, ValueError};
 
 use crate::lsn::Lsn;
