@@ -3,6 +3,23 @@
 //! Each plugin has its own file; all three are pure functions of (message bytes, [`Catalog`]) with no
 //! I/O, so they are tested with output captured from a real server and fuzzed with broken input.
 //! A decoder returns an error for anything it does not understand and never panics.
+//!
+//! The rules every decoder follows, so that the three agree change for change:
+//! - `Change::lsn` is the XLogData start position of the message that carried the change;
+//!   `Commit::end_lsn` is the end of the commit record (pgoutput says it; for the text plugins it is
+//!   the XLogData start of the COMMIT message).
+//! - Values are mapped by type through the [`Catalog`] (pgoutput: the Relation message's type OIDs;
+//!   wal2json: `typeoid`; test_decoding: the bracketed type names) and [`value::decode_text`]. A type
+//!   or table missing from the catalog is a catalog miss, never a guess.
+//! - `new`: the new tuple in column order; an unchanged-TOAST column takes its value from the old
+//!   image when that image carries it, and is otherwise left out of `new` and named in `unchanged`.
+//! - `old`: the old key for updates that changed it, the whole old row with REPLICA IDENTITY FULL
+//!   (less unchanged-TOAST columns), the key (or whole row, FULL) for deletes; otherwise None. (wal2json
+//!   prints `identity` for every update: it becomes `old` only for FULL tables or when a key value
+//!   differs from the new row's.)
+//! - `key`: the catalog's key columns of the table, projected from `new` (insert, update) or `old`
+//!   (delete); None when the table has no key or the projection is empty.
+//! - TRUNCATE gives one change per table, with no key, new or old.
 
 pub mod catalog;
 #[cfg(test)]
