@@ -9,5 +9,6 @@
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON.
 
+pub mod assemble;
 pub mod decode;
 pub mod lsn;

@@ -1,0 +1,312 @@
+//! `pubsubpull tail`: a better `pg_recvlogical`. Streams a slot's changes as normalized change
+//! objects, one JSON object per line, whichever the plugin.
+//!
+//! Whole transactions only, in commit order. The slot is confirmed up to the end of the last
+//! transaction whose lines were flushed to the output (and, between transactions, up to the
+//! server's position from keepalives, so that an idle slot does not pin WAL), never further: the
+//! next run continues after what this one wrote.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::assemble::{AssembleError, Assembler, SpillBuffer, Step, Transaction};
+use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin};
+use crate::lsn::Lsn;
+use crate::source::{self, ConnInfo, ReplicationConnection, ReplicationMessage, SourceError};
+
+/// How often the slot hears from us when nothing else makes us write (the server's default
+/// `wal_sender_timeout` is 60 s).
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Memory a transaction's held lines may take before they go to a temporary file.
+const SPILL_MEMORY: usize = 8 << 20;
+
+/// Which slot to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotChoice {
+    /// A permanent slot, created when missing; progress survives the process.
+    Named(String),
+    /// A slot that lives as long as the connection.
+    Temporary,
+}
+
+/// What `tail` is asked to do.
+#[derive(Clone, Debug)]
+pub struct TailOptions {
+    pub plugin: Plugin,
+    pub slot: SlotChoice,
+    /// The publication pgoutput reads.
+    pub publication: String,
+    /// Stop before the first transaction whose commit ends past this position, or once the
+    /// server has sent everything up to it.
+    pub endpos: Option<Lsn>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TailSummary {
+    pub transactions: u64,
+    pub changes: u64,
+    /// The slot's confirmed position when we stopped.
+    pub confirmed: Lsn,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("cannot decode the {plugin} message at {lsn}")]
+    Decode {
+        plugin: &'static str,
+        lsn: Lsn,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("unexpected message order at {lsn}")]
+    Assemble {
+        lsn: Lsn,
+        #[source]
+        source: AssembleError,
+    },
+    #[error("publication {0:?} does not exist: create it (CREATE PUBLICATION {0} FOR ALL TABLES, or pubsubpull track TABLE) or name another with --publication")]
+    NoPublication(String),
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
+}
+
+/// Streams changes to `out` until `endpos` (or until the server ends the stream).
+pub async fn tail(conninfo: &ConnInfo, options: &TailOptions, out: impl Write) -> Result<TailSummary, TailError> {
+    let sql = conninfo.connect_sql().await?;
+    let server_version = server_version_num(&sql).await?;
+    if options.plugin == Plugin::Pgoutput {
+        check_publication(&sql, &options.publication).await?;
+    }
+    let mut catalog = source::load_catalog(&sql).await?;
+    let mut replication = ReplicationConnection::connect(conninfo).await?;
+    let (slot, temporary) = match &options.slot {
+        SlotChoice::Named(name) => (name.clone(), false),
+        SlotChoice::Temporary => (format!("pubsubpull_tail_{}", std::process::id()), true),
+    };
+    source::ensure_slot(&sql, &mut replication, &slot, options.plugin.name(), temporary).await?;
+    let start_options = match options.plugin {
+        Plugin::Pgoutput => decode::pgoutput::start_options(&options.publication, server_version),
+        Plugin::Wal2json => decode::wal2json::start_options(),
+        Plugin::TestDecoding => decode::test_decoding::start_options(),
+    };
+    let stream = replication.start(&slot, Lsn::ZERO, &start_options).await?;
+    let mut run = Run {
+        stream,
+        plugin: options.plugin,
+        endpos: options.endpos,
+        decoder: options.plugin.decoder(),
+        assembler: Assembler::default(),
+        held: SpillBuffer::new(SPILL_MEMORY),
+        out: std::io::BufWriter::with_capacity(1 << 18, out),
+        line: Vec::with_capacity(4096),
+        written: Lsn::ZERO,
+        confirmed: Lsn::ZERO,
+        summary: TailSummary::default(),
+    };
+    run.stream_until_done(&sql, &mut catalog).await?;
+    run.confirm().await?;
+    run.summary.confirmed = run.confirmed;
+    let summary = run.summary.clone();
+    run.stream.finish().await?;
+    Ok(summary)
+}
+
+async fn server_version_num(sql: &tokio_postgres::Client) -> Result<u32, SourceError> {
+    let row = sql.query_one("SELECT current_setting('server_version_num')::int", &[]).await.map_err(SourceError::sql)?;
+    Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+}
+
+async fn check_publication(sql: &tokio_postgres::Client, publication: &str) -> Result<(), TailError> {
+    let exists = sql
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .await
+        .map_err(SourceError::sql)?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(TailError::NoPublication(publication.to_owned())),
+    }
+}
+
+struct Run<W: Write> {
+    stream: source::ReplicationStream,
+    plugin: Plugin,
+    endpos: Option<Lsn>,
+    decoder: Box<dyn Decoder>,
+    assembler: Assembler,
+    /// Lines of the current transaction while its commit time is unknown (test_decoding).
+    held: SpillBuffer,
+    out: std::io::BufWriter<W>,
+    /// Scratch space for one line.
+    line: Vec<u8>,
+    /// End of the last transaction written to `out` (or the server position when idle).
+    written: Lsn,
+    /// What we last reported to the server as flushed.
+    confirmed: Lsn,
+    summary: TailSummary,
+}
+
+impl<W: Write> Run<W> {
+    async fn stream_until_done(&mut self, sql: &tokio_postgres::Client, catalog: &mut Catalog) -> Result<(), TailError> {
+        let mut events = Vec::new();
+        let mut last_status = Instant::now();
+        loop {
+            let next = match tokio::time::timeout(STATUS_INTERVAL, self.stream.next()).await {
+                Ok(message) => message?.map_or(Next::End, Next::Message),
+                Err(_elapsed) => Next::Idle,
+            };
+            match next {
+                Next::End => return Ok(()),
+                Next::Idle => {}
+                Next::Message(ReplicationMessage::XLogData(data)) => {
+                    decode_message(self.decoder.as_mut(), self.plugin, sql, catalog, data.wal_start, &data.data, &mut events)
+                        .await?;
+                    for event in events.drain(..) {
+                        let step = self
+                            .assembler
+                            .push(event)
+                            .map_err(|source| TailError::Assemble { lsn: data.wal_start, source })?;
+                        if self.apply(step)? == Flow::Stop {
+                            return Ok(());
+                        }
+                    }
+                }
+                Next::Message(ReplicationMessage::Keepalive(keepalive)) => {
+                    if self.assembler.is_idle() {
+                        // Every transaction the server decoded up to here has been written.
+                        self.written = self.written.max(keepalive.wal_end);
+                        if self.endpos.is_some_and(|end| keepalive.wal_end >= end) {
+                            return Ok(());
+                        }
+                    }
+                    if keepalive.reply_requested {
+                        self.confirm().await?;
+                        last_status = Instant::now();
+                    }
+                }
+            }
+            if last_status.elapsed() >= STATUS_INTERVAL {
+                self.confirm().await?;
+                last_status = Instant::now();
+            }
+        }
+    }
+
+    fn apply(&mut self, step: Step) -> Result<Flow, TailError> {
+        match step {
+            Step::Begin => {
+                let past_end = self.assembler.current().and_then(|txn| txn.final_lsn).zip(self.endpos);
+                if past_end.is_some_and(|(final_lsn, end)| final_lsn >= end) {
+                    return Ok(Flow::Stop);
+                }
+            }
+            Step::Change(change) => {
+                let txn = self.assembler.current().cloned().unwrap_or_default();
+                self.summary.changes += 1;
+                encode_change(&mut self.line, &txn, &change);
+                if txn.committed_at.is_some() {
+                    write_line(&mut self.out, &self.line, &txn).map_err(TailError::Output)?;
+                } else {
+                    self.held.push(&self.line).map_err(TailError::Output)?;
+                }
+            }
+            Step::Commit { txn, end_lsn } => {
+                if self.endpos.is_some_and(|end| end_lsn > end) {
+                    return Ok(Flow::Stop);
+                }
+                let out = &mut self.out;
+                self.held.drain(|line| write_line(out, line, &txn)).map_err(TailError::Output)?;
+                self.written = end_lsn;
+                self.summary.transactions += 1;
+            }
+            Step::Nothing => {}
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Flushes the output, then tells the server it may recycle WAL up to what it holds.
+    async fn confirm(&mut self) -> Result<(), TailError> {
+        self.out.flush().map_err(TailError::Output)?;
+        self.stream.send_status(self.written, self.written).await?;
+        self.confirmed = self.written;
+        Ok(())
+    }
+}
+
+/// What reading the stream gave.
+enum Next {
+    Message(ReplicationMessage),
+    /// Nothing for a status interval.
+    Idle,
+    /// The server ended the stream.
+    End,
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// Decodes one message; on a catalog miss (a type or table created since we loaded it), reloads
+/// the catalog once and decodes again.
+async fn decode_message(
+    decoder: &mut dyn Decoder,
+    plugin: Plugin,
+    sql: &tokio_postgres::Client,
+    catalog: &mut Catalog,
+    lsn: Lsn,
+    data: &[u8],
+    events: &mut Vec<decode::Event>,
+) -> Result<(), TailError> {
+    let error = |source| TailError::Decode { plugin: plugin.name(), lsn, source };
+    match decoder.decode(lsn, data, catalog, events) {
+        Ok(()) => Ok(()),
+        Err(miss) if miss.is_catalog_miss() => {
+            tracing::debug!(lsn = %lsn, error = %miss, "reloading the catalog");
+            *catalog = source::load_catalog(sql).await?;
+            decoder.decode(lsn, data, catalog, events).map_err(error)
+        }
+        Err(other) => Err(error(other)),
+    }
+}
+
+/// The change object less its commit time, which test_decoding tells only at COMMIT: serialized
+/// without the closing brace, which [`write_line`] adds with the transaction's fields.
+fn encode_change(line: &mut Vec<u8>, txn: &Transaction, change: &Change) {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        lsn: Lsn,
+        xid: Option<decode::Xid>,
+        table: &'a decode::TableName,
+        op: decode::Op,
+        key: &'a Option<decode::Row>,
+        new: &'a Option<decode::Row>,
+        old: &'a Option<decode::Row>,
+        unchanged: &'a [std::sync::Arc<str>],
+    }
+    line.clear();
+    let body = Body {
+        lsn: change.lsn,
+        xid: txn.xid,
+        table: &change.table,
+        op: change.op,
+        key: &change.key,
+        new: &change.new,
+        old: &change.old,
+        unchanged: &change.unchanged,
+    };
+    serde_json::to_writer(&mut *line, &body).expect("serializing to memory cannot fail");
+    line.pop(); // the closing brace
+}
+
+fn write_line(out: &mut impl Write, body: &[u8], txn: &Transaction) -> std::io::Result<()> {
+    out.write_all(body)?;
+    match txn.committed_at {
+        Some(at) => write!(out, ",\"committed_at\":\"{}\"}}\n", at.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
+        None => out.write_all(b",\"committed_at\":null}\n"),
+    }
+}

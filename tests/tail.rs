@@ -1,0 +1,96 @@
+//! `pubsubpull tail` as a user runs it: NDJSON on stdout, `--endpos`, a permanent slot that the
+//! next run continues from, and clear errors.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::TestDb;
+
+fn tail(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["tail", "--database-url", &db.url()])
+        .args(args)
+        .output()
+        .expect("run pubsubpull tail")
+}
+
+fn changes(output: &Output) -> Vec<Value> {
+    assert!(output.status.success(), "tail failed: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout.clone()).expect("UTF-8");
+    stdout.lines().map(|line| serde_json::from_str(line).expect("one JSON object per line")).collect()
+}
+
+fn confirmed_flush(db: &TestDb, slot: &str) -> String {
+    db.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+}
+
+#[test]
+fn a_permanent_slot_continues_after_what_the_last_run_wrote() {
+    for plugin in ["pgoutput", "wal2json", "test_decoding"] {
+        let db = TestDb::new();
+        db.sql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+        db.sql("CREATE PUBLICATION pubsubpull FOR TABLE t");
+        let slot = db.slot("tail");
+
+        // The first run creates the slot: it sees what is written after.
+        let first = tail(&db, &["--plugin", plugin, "--slot", &slot, "--endpos", &db.current_lsn()]);
+        assert_eq!(changes(&first), Vec::<Value>::new(), "{plugin}");
+        db.sql("INSERT INTO t VALUES (1, 'a')");
+        db.sql("INSERT INTO t VALUES (2, 'b')");
+        let end = db.current_lsn();
+        let second = changes(&tail(&db, &["--plugin", plugin, "--slot", &slot, "--endpos", &end]));
+        let ids: Vec<&Value> = second.iter().map(|c| &c["new"]["id"]).collect();
+        assert_eq!(ids, [1, 2], "{plugin}");
+        assert!(second.iter().all(|c| c["op"] == "insert" && c["table"] == "public.t" && c["xid"].is_u64()));
+        let confirmed = confirmed_flush(&db, &slot);
+        assert!(lsn(&confirmed) >= lsn(&end), "{plugin}: confirmed {confirmed} before {end}");
+
+        db.sql("UPDATE t SET v = 'c' WHERE id = 2");
+        let third = changes(&tail(&db, &["--plugin", plugin, "--slot", &slot, "--endpos", &db.current_lsn()]));
+        assert_eq!(third.len(), 1, "{plugin}: only the change after the last run");
+        assert_eq!(third[0]["op"], "update");
+        assert_eq!(third[0]["new"], serde_json::json!({"id": 2, "v": "c"}));
+    }
+}
+
+#[test]
+fn endpos_stops_before_later_transactions() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let slot = db.slot("endpos");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')"));
+    db.sql("INSERT INTO t VALUES (1)");
+    let end = db.current_lsn();
+    db.sql("INSERT INTO t VALUES (2)");
+    let first = changes(&tail(&db, &["--plugin", "test_decoding", "--slot", &slot, "--endpos", &end]));
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["new"]["id"], 1);
+    // What was not written was not confirmed: the next run gets it.
+    let rest = changes(&tail(&db, &["--plugin", "test_decoding", "--slot", &slot, "--endpos", &db.current_lsn()]));
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["new"]["id"], 2);
+}
+
+#[test]
+fn a_missing_publication_is_a_clear_error() {
+    let db = TestDb::new();
+    let output = tail(&db, &["--plugin", "pgoutput", "--temporary", "--publication", "nope", "--endpos", "0/1"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("publication \"nope\" does not exist") && stderr.contains("CREATE PUBLICATION"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_endpos_is_a_clear_error() {
+    let db = TestDb::new();
+    let output = tail(&db, &["--endpos", "16B3748"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid LSN"));
+}
+
+fn lsn(text: &str) -> u64 {
+    let (high, low) = text.split_once('/').expect("LSN");
+    (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
+}
