@@ -364,8 +364,8 @@ fn parse_tuple<'a>(cur: &mut Cursor<'a>, width: usize) -> Result<Vec<Datum<'a>>,
             expected: "as many tuple columns as the Relation message announced",
         });
     }
-    // `width` is the cached relation's, so this allocation is bounded by an earlier message.
-    let mut datums = Vec::with_capacity(width);
+    // A column takes at least its one-byte kind.
+    let mut datums = Vec::with_capacity(width.min(cur.remaining()));
     for _ in 0..width {
         let at = cur.at;
         let datum = match cur.u8()? {
