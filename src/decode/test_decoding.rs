@@ -127,6 +127,8 @@ impl TestDecodingDecoder {
     }
 
     /// `table a, b: TRUNCATE: flags`, `first` being the name already read: one change per table.
+    /// The flags are checked and dropped (the model has no place for them); the catalog is not
+    /// consulted, as a truncate needs nothing from it.
     fn decode_truncate(
         &mut self,
         lsn: Lsn,

@@ -113,6 +113,7 @@ impl Decoder for Wal2jsonDecoder {
             "I" => self.decode_change(lsn, Op::Insert, text, &object, catalog)?,
             "U" => self.decode_change(lsn, Op::Update, text, &object, catalog)?,
             "D" => self.decode_change(lsn, Op::Delete, text, &object, catalog)?,
+            // A truncate needs nothing from the catalog, so a table dropped since is no catalog miss.
             "T" => Event::Change(Change {
                 lsn,
                 table: self.table(text, &object)?,
