@@ -82,9 +82,10 @@ impl Assembler {
             }
             // Non-transactional messages arrive outside transactions; we pass on none of them.
             Event::Message(_) => Ok(Step::Nothing),
-            Event::StreamStart { .. } | Event::StreamStop | Event::StreamCommit { .. } | Event::StreamAbort { .. } => {
-                Err(AssembleError::Streaming)
-            }
+            Event::StreamStart { .. }
+            | Event::StreamStop
+            | Event::StreamCommit { .. }
+            | Event::StreamAbort { .. } => Err(AssembleError::Streaming),
         }
     }
 }

@@ -48,7 +48,8 @@ fn a_permanent_slot_continues_after_what_the_last_run_wrote() {
         assert!(lsn(&confirmed) >= lsn(&end), "{plugin}: confirmed {confirmed} before {end}");
 
         db.sql("UPDATE t SET v = 'c' WHERE id = 2");
-        let third = changes(&tail(&db, &["--plugin", plugin, "--slot", &slot, "--endpos", &db.current_lsn()]));
+        let third =
+            changes(&tail(&db, &["--plugin", plugin, "--slot", &slot, "--endpos", &db.current_lsn()]));
         assert_eq!(third.len(), 1, "{plugin}: only the change after the last run");
         assert_eq!(third[0]["op"], "update");
         assert_eq!(third[0]["new"], serde_json::json!({"id": 2, "v": "c"}));
@@ -68,7 +69,8 @@ fn endpos_stops_before_later_transactions() {
     assert_eq!(first.len(), 1);
     assert_eq!(first[0]["new"]["id"], 1);
     // What was not written was not confirmed: the next run gets it.
-    let rest = changes(&tail(&db, &["--plugin", "test_decoding", "--slot", &slot, "--endpos", &db.current_lsn()]));
+    let rest =
+        changes(&tail(&db, &["--plugin", "test_decoding", "--slot", &slot, "--endpos", &db.current_lsn()]));
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0]["new"]["id"], 2);
 }
@@ -76,10 +78,14 @@ fn endpos_stops_before_later_transactions() {
 #[test]
 fn a_missing_publication_is_a_clear_error() {
     let db = TestDb::new();
-    let output = tail(&db, &["--plugin", "pgoutput", "--temporary", "--publication", "nope", "--endpos", "0/1"]);
+    let output =
+        tail(&db, &["--plugin", "pgoutput", "--temporary", "--publication", "nope", "--endpos", "0/1"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("publication \"nope\" does not exist") && stderr.contains("CREATE PUBLICATION"), "{stderr}");
+    assert!(
+        stderr.contains("publication \"nope\" does not exist") && stderr.contains("CREATE PUBLICATION"),
+        "{stderr}"
+    );
 }
 
 #[test]

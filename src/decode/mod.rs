@@ -24,6 +24,7 @@
 pub mod catalog;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod names;
 pub mod pgoutput;
 pub mod test_decoding;
 pub mod value;

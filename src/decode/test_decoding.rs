@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use memchr::{memchr, memchr2, memmem};
 
+use super::names::Names;
 use super::value::decode_text;
-use super::wal2json::Names;
 use super::{
     parse_pg_timestamptz, Begin, Catalog, Change, Commit, DecodeError, Decoder, Event, Message, Op, Row,
     TableInfo, TableName, Value,
@@ -486,7 +486,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::decode::wal2json::golden;
+    use crate::decode::fixtures::golden;
     use crate::decode::{fixtures, Plugin};
 
     static CATALOG: LazyLock<Catalog> = LazyLock::new(fixtures::catalog);

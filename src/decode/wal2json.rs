@@ -20,12 +20,13 @@
 //!   object invalid ([`DecodeError::InvalidUtf8`]).
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::names::Names;
 use super::value::{decode_text, TypeKind};
 use super::{
     parse_pg_timestamptz, Begin, Catalog, Change, Commit, DecodeError, Decoder, Event, Message, Op, Row,
@@ -316,158 +317,6 @@ fn offset(text: &str, part: &str) -> usize {
     (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize).min(text.len())
 }
 
-/// Names interned per decoder, so that a transaction of a million rows does not allocate its table
-/// and column names a million times. Bounded: past [`MAX_NAMES`] the tables start over.
-#[derive(Default)]
-pub(super) struct Names {
-    tables: HashMap<String, HashMap<String, Arc<TableName>>>,
-    table_count: usize,
-    columns: HashSet<Arc<str>>,
-}
-
-/// How many table and column names [`Names`] keeps before it starts over.
-const MAX_NAMES: usize = 1 << 16;
-
-impl Names {
-    /// The shared name of `schema.name`.
-    pub(super) fn table(&mut self, schema: &str, name: &str) -> Arc<TableName> {
-        if let Some(table) = self.tables.get(schema).and_then(|tables| tables.get(name)) {
-            return Arc::clone(table);
-        }
-        if self.table_count >= MAX_NAMES {
-            self.tables.clear();
-            self.table_count = 0;
-        }
-        let table = Arc::new(TableName::new(schema, name));
-        self.tables.entry(schema.to_owned()).or_default().insert(name.to_owned(), Arc::clone(&table));
-        self.table_count += 1;
-        table
-    }
-
-    /// The shared column name `name`.
-    pub(super) fn column(&mut self, name: &str) -> Arc<str> {
-        if let Some(column) = self.columns.get(name) {
-            return Arc::clone(column);
-        }
-        if self.columns.len() >= MAX_NAMES {
-            self.columns.clear();
-        }
-        let column: Arc<str> = Arc::from(name);
-        self.columns.insert(Arc::clone(&column));
-        column
-    }
-}
-
-/// Golden files of decoded fixtures, shared by the tests of both text plugins so that the two files
-/// can be diffed: one JSON line per event, long strings cut to their start, length and checksum.
-#[cfg(test)]
-pub(super) mod golden {
-    use serde::Serialize;
-
-    use super::super::{Event, Op, Row, Timestamp, Value};
-    use crate::lsn::Lsn;
-
-    #[derive(Serialize)]
-    #[serde(rename_all = "snake_case")]
-    enum Line<'a> {
-        Begin {
-            xid: Option<u32>,
-            final_lsn: Option<Lsn>,
-            committed_at: Option<String>,
-        },
-        Commit {
-            end_lsn: Lsn,
-            committed_at: Option<String>,
-        },
-        Change {
-            lsn: Lsn,
-            table: String,
-            op: Op,
-            key: Option<Row>,
-            new: Option<Row>,
-            old: Option<Row>,
-            unchanged: Vec<&'a str>,
-        },
-        Message {
-            lsn: Lsn,
-            transactional: bool,
-            prefix: &'a str,
-            content: String,
-        },
-        Other(String),
-    }
-
-    fn time(time: &Option<Timestamp>) -> Option<String> {
-        time.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    }
-
-    fn abbreviate_row(row: &Option<Row>) -> Option<Row> {
-        row.as_ref()
-            .map(|row| Row(row.0.iter().map(|(name, value)| (name.clone(), abbreviate(value))).collect()))
-    }
-
-    fn abbreviate(value: &Value) -> Value {
-        match value {
-            Value::Text(text) if text.len() > 120 => {
-                let checksum = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-                });
-                let start: String = text.chars().take(32).collect();
-                Value::Text(format!("{start}... ({} bytes, fnv1a {checksum:016x})", text.len()))
-            }
-            Value::Array(items) => Value::Array(items.iter().map(abbreviate).collect()),
-            other => other.clone(),
-        }
-    }
-
-    /// One event as a line of the golden file.
-    pub(in crate::decode) fn line(event: &Event) -> String {
-        let line = match event {
-            Event::Begin(begin) => Line::Begin {
-                xid: begin.xid,
-                final_lsn: begin.final_lsn,
-                committed_at: time(&begin.committed_at),
-            },
-            Event::Commit(commit) => {
-                Line::Commit { end_lsn: commit.end_lsn, committed_at: time(&commit.committed_at) }
-            }
-            Event::Change(change) => Line::Change {
-                lsn: change.lsn,
-                table: change.table.to_string(),
-                op: change.op,
-                key: abbreviate_row(&change.key),
-                new: abbreviate_row(&change.new),
-                old: abbreviate_row(&change.old),
-                unchanged: change.unchanged.iter().map(|name| &**name).collect(),
-            },
-            Event::Message(message) => Line::Message {
-                lsn: message.lsn,
-                transactional: message.transactional,
-                prefix: &message.prefix,
-                content: String::from_utf8_lossy(&message.content).into_owned(),
-            },
-            other => Line::Other(format!("{other:?}")),
-        };
-        serde_json::to_string(&line).expect("events serialize")
-    }
-
-    /// Compares `events` with `tests/fixtures/capture/{file}`, or rewrites it when `UPDATE_GOLDEN=1`.
-    pub(in crate::decode) fn check(file: &str, events: &[Event]) {
-        let path = format!("{}/tests/fixtures/capture/{file}", env!("CARGO_MANIFEST_DIR"));
-        let actual: String = events.iter().map(|event| line(event) + "\n").collect();
-        if std::env::var_os("UPDATE_GOLDEN").is_some_and(|update| update == "1") {
-            std::fs::write(&path, &actual).expect("golden file written");
-            return;
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e} (UPDATE_GOLDEN=1 writes it)"));
-        for (number, (actual, expected)) in actual.lines().zip(expected.lines()).enumerate() {
-            assert_eq!(actual, expected, "{file} line {} (UPDATE_GOLDEN=1 rewrites the file)", number + 1);
-        }
-        assert_eq!(actual.lines().count(), expected.lines().count(), "{file}: number of events");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::LazyLock;
@@ -475,7 +324,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::decode::{fixtures, Plugin};
+    use crate::decode::fixtures::{self, golden};
+    use crate::decode::Plugin;
 
     static CATALOG: LazyLock<Catalog> = LazyLock::new(fixtures::catalog);
 
