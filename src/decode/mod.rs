@@ -181,6 +181,12 @@ impl Row {
         self.0.iter().find(|(name, _)| &**name == column).map(|(_, value)| value)
     }
 
+    /// Whether every column of this row has the same value in `other` (an old key that an update
+    /// did not change).
+    pub fn agrees_with(&self, other: &Row) -> bool {
+        self.0.iter().all(|(name, value)| other.get(name) == Some(value))
+    }
+
     /// The row restricted to `key`'s columns, in row order; None when the key is empty.
     pub fn project(&self, key: &KeyColumns) -> Option<Row> {
         let columns: Vec<_> = self.0.iter().filter(|(name, _)| key.contains(name)).cloned().collect();

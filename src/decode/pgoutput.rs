@@ -410,7 +410,7 @@ fn decode_row_message(
     // An old key is reported only when the key changed: the server also sends it when an unchanged
     // key has values stored out of line.
     if let (Some((OldImage::Key, _)), Some(old_key), Some(new)) = (&message.old, &old, &new) {
-        if old_key.0.iter().all(|(name, value)| new.get(name) == Some(value)) {
+        if old_key.agrees_with(new) {
             old = None;
         }
     }

@@ -234,6 +234,11 @@ fn change(
         unchanged.reverse();
         row
     });
+    // The server also logs an unchanged key when it is stored out of line: only a changed one is `old`.
+    let old = match (op, &new) {
+        (Op::Update, Some(new)) if !info.full_identity => old.filter(|old| !old.agrees_with(new)),
+        _ => old,
+    };
     let key = match op {
         Op::Delete => old.as_ref().and_then(|old| old.project(&info.key)),
         _ => new.as_ref().and_then(|new| new.project(&info.key)),

@@ -217,8 +217,7 @@ impl Wal2jsonDecoder {
 fn update_rows(new: Row, identity: Option<Row>, info: &TableInfo) -> (Row, Option<Row>) {
     let Some(identity) = identity else { return (new, None) };
     let new = fill_unchanged(new, &identity);
-    let key_changed = || identity.0.iter().any(|(name, old)| new.get(name).is_some_and(|value| value != old));
-    let old = (info.full_identity || key_changed()).then_some(identity);
+    let old = (info.full_identity || !identity.agrees_with(&new)).then_some(identity);
     (new, old)
 }
 
