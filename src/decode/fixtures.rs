@@ -9,6 +9,12 @@ use crate::lsn::Lsn;
 const TYPES: &str = include_str!("../../tests/fixtures/capture/types.tsv");
 const TABLES: &str = include_str!("../../tests/fixtures/capture/tables.tsv");
 
+/// Cases per property test: 2000 in the suite, `PROPTEST_CASES` for a longer run.
+pub fn proptest_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(2000);
+    proptest::test_runner::Config { cases, ..Default::default() }
+}
+
 /// The catalog of the capture database.
 pub fn catalog() -> Catalog {
     let mut catalog = Catalog::builtin();

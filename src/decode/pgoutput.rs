@@ -1196,7 +1196,7 @@ mod tests {
 
     proptest! {
         // 2000 cases each; both together take well under a second in a debug build.
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(fixtures::proptest_config())]
 
         #[test]
         fn random_bytes_never_panic(
