@@ -1,0 +1,108 @@
+//! `pubsubpull migrate`: creates or upgrades the `pubsubpull` schema from the numbered SQL files
+//! of `migrations/`, the only place the schema is written.
+//!
+//! Each migration runs once, in order, in its own transaction, and is recorded in
+//! `pubsubpull.schema_migrations`; running again applies only what is new. Several processes may
+//! migrate at once: a session advisory lock makes them take turns.
+
+use tokio_postgres::Client;
+
+/// One numbered SQL file.
+#[derive(Clone, Copy, Debug)]
+pub struct Migration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// The source database's migrations (`migrations/source/`), in order.
+pub const SOURCE: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_audit_context.sql",
+    sql: include_str!("../migrations/source/0001_audit_context.sql"),
+}];
+
+/// Serializes concurrent migrations (any fixed number unlikely to clash with an application's).
+const LOCK_KEY: i64 = 0x7075_6273_7562_7075; // "pubsubpu"
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("cannot prepare the pubsubpull schema")]
+    Prepare(#[source] tokio_postgres::Error),
+    #[error("migration {name} failed")]
+    Apply {
+        name: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Applies the migrations of `set` (named `target` in the record) that `client`'s database lacks;
+/// returns the versions applied.
+pub async fn migrate(client: &mut Client, target: &str, set: &[Migration]) -> Result<Vec<i32>, MigrateError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await.map_err(MigrateError::Prepare)?;
+    let result = apply_missing(client, target, set).await;
+    // The lock is the session's: released here, or when the connection closes if this fails.
+    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    let applied = result?;
+    unlock.map_err(MigrateError::Prepare)?;
+    Ok(applied)
+}
+
+async fn apply_missing(client: &mut Client, target: &str, set: &[Migration]) -> Result<Vec<i32>, MigrateError> {
+    client
+        .batch_execute(
+            "CREATE SCHEMA IF NOT EXISTS pubsubpull;
+             CREATE TABLE IF NOT EXISTS pubsubpull.schema_migrations (
+                 target text NOT NULL,
+                 version int NOT NULL,
+                 name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (target, version)
+             )",
+        )
+        .await
+        .map_err(MigrateError::Prepare)?;
+    let rows = client
+        .query("SELECT version FROM pubsubpull.schema_migrations WHERE target = $1", &[&target])
+        .await
+        .map_err(MigrateError::Prepare)?;
+    let done: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    let mut applied = Vec::new();
+    for migration in set.iter().filter(|m| !done.contains(&m.version)) {
+        let fail = |source| MigrateError::Apply { name: migration.name, source };
+        let transaction = client.transaction().await.map_err(fail)?;
+        transaction.batch_execute(migration.sql).await.map_err(fail)?;
+        transaction
+            .execute(
+                "INSERT INTO pubsubpull.schema_migrations (target, version, name) VALUES ($1, $2, $3)",
+                &[&target, &migration.version, &migration.name],
+            )
+            .await
+            .map_err(fail)?;
+        transaction.commit().await.map_err(fail)?;
+        tracing::info!(target, migration = migration.name, "migration applied");
+        applied.push(migration.version);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of `migrations/source/` is listed, numbered in order, and nothing else is.
+    #[test]
+    fn source_migrations_match_the_directory() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/source");
+        let mut files: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+        files.sort();
+        let listed: Vec<&str> = SOURCE.iter().map(|m| m.name).collect();
+        assert_eq!(files, listed);
+        for (index, migration) in SOURCE.iter().enumerate() {
+            assert_eq!(migration.version, index as i32 + 1);
+            assert!(migration.name.starts_with(&format!("{:04}_", migration.version)));
+        }
+    }
+}
