@@ -11,3 +11,4 @@
 
 pub mod decode;
 pub mod lsn;
+pub mod source;
