@@ -25,6 +25,8 @@ pub const COPY_BOTH_RESPONSE_TAG: u8 = b'W';
 /// Seconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
 
+/// The most [`split_frame`] reserves ahead for the rest of an incomplete message.
+const MAX_RESERVE: usize = 1 << 20;
 /// Tag byte + Int32 length.
 const HEADER_LEN: usize = 5;
 /// XLogData: tag + dataStart + walEnd + sendTime.
@@ -104,8 +106,9 @@ pub fn split_frame(buf: &mut BytesMut) -> Result<Option<BytesMut>, ProtocolError
         .ok_or(ProtocolError::InvalidLength { what: "message header", at: 1, len: len.into() })?;
     let total = HEADER_LEN + body_len;
     if buf.len() < total {
-        // Make room for the rest now, so that one read can complete a large message.
-        buf.reserve(total - buf.len());
+        // Make room for (much of) the rest now, so that few reads complete a large message; but not
+        // all of a length nobody has sent yet, which could be anything up to 2 GiB.
+        buf.reserve((total - buf.len()).min(MAX_RESERVE));
         return Ok(None);
     }
     Ok(Some(buf.split_to(total)))
@@ -379,6 +382,19 @@ mod tests {
         expected.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
         expected.push(1);
         assert_eq!(&buf[..], &expected[..]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let _ = parse_copy_data(Bytes::from(bytes.clone()));
+            let _ = parse_copy_both_response(&bytes);
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(frame)) = split_frame(&mut buf) {
+                let _ = frame_body(frame.freeze());
+            }
+            proptest::prop_assert!(buf.capacity() <= bytes.len() + MAX_RESERVE);
+        }
     }
 
     #[test]

@@ -5,11 +5,16 @@
 //! socket only when a status update is sent.
 //!
 //! LSNs: the caller reports *written* and *flushed* with [`ReplicationStream::send_status`]; the
-//! slot's confirmed position follows *flushed*. Reported positions never move backwards here, even
-//! if the caller reports a lower one, because PostgreSQL 15 would move the slot back with it. A
-//! keepalive that asks for a reply is answered at once with the positions already reported (never
-//! more), so an idle stream survives `wal_sender_timeout`; the keepalive is still handed to the
-//! caller, which may then report newer positions.
+//! slot's confirmed position follows *flushed*. Reported positions never move backwards: a lower
+//! one than already reported is ignored (PostgreSQL 15.18 does not move the slot back either, but
+//! the positions in `pg_stat_replication` would jump back).
+//!
+//! A keepalive that asks for a reply is answered at once with the positions already reported
+//! (never more), so an idle stream survives `wal_sender_timeout`; the keepalive is still handed to
+//! the caller, which may then report newer positions. A caller that has flushed everything it
+//! received should report the keepalive's `wal_end`: that lets the slot advance while tables are
+//! idle, and lets a shutting-down server, which waits until everything sent is confirmed, stop at
+//! once (it then ends the stream, and [`ReplicationStream::next`] returns `None`).
 
 use std::time::SystemTime;
 
@@ -29,21 +34,33 @@ pub struct ReplicationStream {
     written: Lsn,
     /// The highest *flushed* LSN reported: what the slot may confirm.
     flushed: Lsn,
-    /// The server ended the copy (CopyDone).
-    server_done: bool,
+    /// Whether and how the server ended the stream.
+    ended: Ended,
+}
+
+/// How the server ended the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Not,
+    /// CopyDone: the session continues once we answer with ours.
+    CopyDone,
+    /// CommandComplete without CopyDone: a walsender that stops because the server shuts down
+    /// (having sent everything and seen it confirmed) and exits right after.
+    Exit,
 }
 
 impl ReplicationStream {
     pub(crate) fn new(wire: Wire, context: ErrorContext) -> ReplicationStream {
-        ReplicationStream { wire, context, written: Lsn::ZERO, flushed: Lsn::ZERO, server_done: false }
+        ReplicationStream { wire, context, written: Lsn::ZERO, flushed: Lsn::ZERO, ended: Ended::Not }
     }
 
-    /// The next XLogData or keepalive; `None` once the server has ended the stream.
+    /// The next XLogData or keepalive; `None` once the server has ended the stream (when it shuts
+    /// down, for one: reconnect to go on).
     ///
     /// Cancel-safe as to data: dropping the future at an await point loses no WAL data, and a
     /// keepalive reply interrupted on its way out is sent at the next call.
     pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, SourceError> {
-        if self.server_done {
+        if self.ended != Ended::Not {
             return Ok(None);
         }
         if !self.wire.write_buf.is_empty() {
@@ -63,10 +80,14 @@ impl ReplicationStream {
                     return Ok(Some(message));
                 }
                 Some(COPY_DONE_TAG) => {
-                    self.server_done = true;
+                    self.ended = Ended::CopyDone;
                     return Ok(None);
                 }
                 _ => match parse_message(frame)? {
+                    Message::CommandComplete(_) => {
+                        self.ended = Ended::Exit;
+                        return Ok(None);
+                    }
                     Message::ErrorResponse(body) => {
                         return Err(SourceError::from_server(server_error(body.fields())?, &self.context))
                     }
@@ -76,7 +97,7 @@ impl ReplicationStream {
                         return Err(SourceError::Protocol(protocol::ProtocolError::Unexpected {
                             what: "message in the replication stream",
                             at: 0,
-                            expected: "CopyData, CopyDone or an error",
+                            expected: "CopyData, CopyDone, CommandComplete or an error",
                         }))
                     }
                 },
@@ -102,6 +123,11 @@ impl ReplicationStream {
     /// Ends the stream cleanly: CopyDone, the server's remaining messages up to ReadyForQuery, then
     /// Terminate. WAL data still in flight is discarded; the slot keeps the reported position.
     pub async fn finish(mut self) -> Result<(), SourceError> {
+        if self.ended == Ended::Exit {
+            // The walsender has exited; there is nobody left to say goodbye to.
+            self.wire.shutdown().await;
+            return Ok(());
+        }
         frontend::copy_done(&mut self.wire.write_buf);
         self.wire.flush().await?;
         loop {

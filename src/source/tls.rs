@@ -5,6 +5,10 @@
 //! does); `verify-ca` verifies the chain against `sslrootcert` (or the system's roots when it is
 //! unset or `system`) but not the host name; `verify-full` verifies both. The handshake signature
 //! is checked in every mode. Unix sockets never use TLS.
+//!
+//! A server certificate that is itself in the `sslrootcert` file is trusted as it is (within its
+//! validity period), as OpenSSL does: the self-signed certificates PostgreSQL's documentation
+//! shows how to make are marked as CAs, which webpki alone refuses to accept as a server's.
 
 use std::io;
 use std::net::IpAddr;
@@ -12,11 +16,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::verify_server_cert_signed_by_trust_anchor;
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use x509_cert::der::Decode;
 
 use super::conninfo::{ConnInfo, Host, SslMode};
 use super::SourceError;
@@ -24,21 +29,18 @@ use super::SourceError;
 /// The rustls client configuration `info.sslmode` asks for.
 pub fn client_config(info: &ConnInfo) -> Result<ClientConfig, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SourceError::TlsConfig(e.to_string()))?;
-    let config = match (info.sslmode, &info.sslrootcert) {
-        (SslMode::VerifyFull, _) => builder.with_root_certificates(root_store(info)?).with_no_client_auth(),
-        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier { roots: Some(root_store(info)?), provider }))
-            .with_no_client_auth(),
-        _ => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier { roots: None, provider }))
-            .with_no_client_auth(),
+    let (trust, check_name) = match (info.sslmode, &info.sslrootcert) {
+        (SslMode::VerifyFull, _) => (Some(trust(info)?), true),
+        (SslMode::VerifyCa, _) | (SslMode::Require, Some(_)) => (Some(trust(info)?), false),
+        _ => (None, false),
     };
-    Ok(config)
+    let verifier = Verifier { trust, check_name, provider: provider.clone() };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SourceError::TlsConfig(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
 }
 
 /// The name the server's certificate must carry: the host (an IP address when it is one).
@@ -53,18 +55,30 @@ pub fn server_name(info: &ConnInfo) -> Result<ServerName<'static>, SourceError> 
     }
 }
 
+/// What a verified certificate must chain to.
+#[derive(Debug)]
+struct Trust {
+    roots: RootCertStore,
+    /// The certificates of the `sslrootcert` file, trusted as server certificates too.
+    certs: Vec<CertificateDer<'static>>,
+}
+
 /// The CA certificates to verify against: `sslrootcert`, or the system's.
-fn root_store(info: &ConnInfo) -> Result<RootCertStore, SourceError> {
+fn trust(info: &ConnInfo) -> Result<Trust, SourceError> {
     let mut roots = RootCertStore::empty();
+    let mut certs = Vec::new();
     match info.sslrootcert.as_deref().filter(|path| *path != Path::new("system")) {
         Some(path) => {
             let cert_error = |source| SourceError::RootCert { path: path.to_owned(), source };
             let pem = std::fs::read(path).map_err(cert_error)?;
             for cert in rustls_pemfile::certs(&mut &pem[..]) {
                 let cert = cert.map_err(cert_error)?;
-                roots.add(cert).map_err(|e| cert_error(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| cert_error(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+                certs.push(cert);
             }
-            if roots.is_empty() {
+            if certs.is_empty() {
                 let none = io::Error::new(io::ErrorKind::InvalidData, "no PEM certificate in the file");
                 return Err(cert_error(none));
             }
@@ -80,14 +94,30 @@ fn root_store(info: &ConnInfo) -> Result<RootCertStore, SourceError> {
             }
         }
     }
-    Ok(roots)
+    Ok(Trust { roots, certs })
 }
 
-/// Verifies the certificate chain against `roots` but never the host name (sslmode verify-ca), or
-/// nothing when there are no roots (allow, prefer, require: encryption without authentication).
+/// Checks that `now` is within the validity period of `cert`.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref())
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    let validity = parsed.tbs_certificate.validity;
+    let now = now.as_secs();
+    if now < validity.not_before.to_unix_duration().as_secs() {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYet));
+    }
+    if now > validity.not_after.to_unix_duration().as_secs() {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+    }
+    Ok(())
+}
+
+/// Verifies the certificate against `trust` and, when `check_name`, the host name; verifies
+/// nothing without `trust` (allow, prefer, require: encryption without authentication).
 #[derive(Debug)]
 struct Verifier {
-    roots: Option<RootCertStore>,
+    trust: Option<Trust>,
+    check_name: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -96,14 +126,20 @@ impl ServerCertVerifier for Verifier {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
+        server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = ParsedCertificate::try_from(end_entity)?;
+        let Some(trust) = &self.trust else { return Ok(ServerCertVerified::assertion()) };
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        if trust.certs.contains(end_entity) {
+            check_validity(end_entity, now)?;
+        } else {
             let algorithms = self.provider.signature_verification_algorithms.all;
-            verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, algorithms)?;
+            verify_server_cert_signed_by_trust_anchor(&cert, &trust.roots, intermediates, now, algorithms)?;
+        }
+        if self.check_name {
+            verify_server_name(&cert, server_name)?;
         }
         Ok(ServerCertVerified::assertion())
     }
