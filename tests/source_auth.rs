@@ -92,3 +92,16 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(error.is_transient());
     assert!(error.to_string().contains(&port.to_string()), "{error}");
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_as_a_transient_error() {
+    // The kernel accepts connections on a listening socket nobody serves.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let text = format!("host=127.0.0.1 port={port} user=u dbname=d sslmode=disable connect_timeout=2");
+    let started = std::time::Instant::now();
+    let error = ReplicationConnection::connect(&ConnInfo::parse(&text).unwrap()).await.err().unwrap();
+    assert!(matches!(error, SourceError::ConnectTimeout { .. }), "{error:?}");
+    assert!(error.is_transient());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -224,3 +224,20 @@ async fn verify_full_accepts_a_server_certificate_signed_by_the_root() {
     let error = ReplicationConnection::connect(&ConnInfo::parse(&text).unwrap()).await.err().unwrap();
     assert!(matches!(error, SourceError::Tls { .. }), "{error:?}");
 }
+
+#[tokio::test]
+async fn prefer_falls_back_to_plaintext_and_require_refuses_a_server_without_tls() {
+    let cluster = TempCluster::start("ssl = off", &[]);
+    let text = |mode: &str| {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode={mode}", cluster.port)
+    };
+    let mut repl =
+        ReplicationConnection::connect(&ConnInfo::parse(&text("prefer")).unwrap()).await.expect("prefer");
+    assert!(!repl.is_tls());
+    assert_eq!(repl.identify_system().await.unwrap().dbname, "postgres");
+    let error =
+        ReplicationConnection::connect(&ConnInfo::parse(&text("require")).unwrap()).await.err().unwrap();
+    assert!(matches!(error, SourceError::TlsRefused { .. }), "{error:?}");
+    assert!(error.to_string().contains("sslmode=require"), "{error}");
+    assert!(!error.is_transient());
+}

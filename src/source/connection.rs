@@ -195,7 +195,7 @@ impl ReplicationConnection {
         loop {
             let frame = self.wire.read_frame().await?;
             if frame.first() == Some(&COPY_BOTH_RESPONSE_TAG) {
-                protocol::parse_copy_both_response(&frame[5..])?;
+                protocol::parse_copy_both_response(&protocol::frame_body(frame.freeze()))?;
                 tracing::debug!(slot, %start, "replication started");
                 return Ok(ReplicationStream::new(self.wire, self.context));
             }

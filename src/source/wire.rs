@@ -127,3 +127,40 @@ pub(crate) fn log_notice(fields: ErrorFields<'_>) {
         Err(error) => tracing::warn!(error = %error, "malformed server notice"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> BytesMut {
+        let mut frame = BytesMut::from(&[tag][..]);
+        frame.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    #[test]
+    fn reads_error_fields_preferring_the_untranslated_severity() {
+        let body = b"SFEHLER\0VERROR\0C55006\0Mreplication slot \"s\" is active for PID 7\0Hhint\0\0";
+        let Message::ErrorResponse(error) = parse_message(frame(b'E', body)).unwrap() else {
+            panic!("not an ErrorResponse");
+        };
+        let error = server_error(error.fields()).unwrap();
+        assert_eq!(error.severity, "ERROR");
+        assert_eq!(error.code, "55006");
+        assert_eq!(error.message, "replication slot \"s\" is active for PID 7");
+        assert_eq!((error.detail, error.hint.as_deref()), (None, Some("hint")));
+    }
+
+    #[test]
+    fn rejects_malformed_error_fields_and_unknown_tags() {
+        let Message::ErrorResponse(error) = parse_message(frame(b'E', b"Mno terminator")).unwrap() else {
+            panic!("not an ErrorResponse");
+        };
+        assert!(matches!(server_error(error.fields()), Err(SourceError::Protocol(_))));
+        assert!(matches!(
+            parse_message(frame(b'W', &[0, 0, 0])),
+            Err(SourceError::Protocol(ProtocolError::UnknownTag { tag: 'W', .. }))
+        ));
+    }
+}
