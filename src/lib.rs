@@ -12,3 +12,4 @@
 pub mod assemble;
 pub mod decode;
 pub mod lsn;
+pub mod source;

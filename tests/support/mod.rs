@@ -7,6 +7,9 @@
 //! `cargo nextest run` leaves it running for the next run.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod replication;
+
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
