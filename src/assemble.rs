@@ -207,12 +207,22 @@ mod tests {
         assert!(buffer.file.is_some(), "spilled to a file");
         assert!(buffer.memory.len() < 64 + 16);
         let mut seen = Vec::new();
-        buffer.drain(|line| Ok(seen.push(String::from_utf8(line.to_vec()).unwrap()))).unwrap();
+        buffer
+            .drain(|line| {
+                seen.push(String::from_utf8(line.to_vec()).unwrap());
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(seen, lines);
         assert!(buffer.is_empty());
         buffer.push(b"again").unwrap();
         let mut again = Vec::new();
-        buffer.drain(|line| Ok(again.push(line.to_vec()))).unwrap();
+        buffer
+            .drain(|line| {
+                again.push(line.to_vec());
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(again, vec![b"again".to_vec()]);
     }
 }

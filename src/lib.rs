@@ -12,4 +12,6 @@
 pub mod assemble;
 pub mod decode;
 pub mod lsn;
+pub mod migrate;
 pub mod source;
+pub mod tail;

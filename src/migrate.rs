@@ -49,7 +49,11 @@ pub async fn migrate(client: &mut Client, target: &str, set: &[Migration]) -> Re
     Ok(applied)
 }
 
-async fn apply_missing(client: &mut Client, target: &str, set: &[Migration]) -> Result<Vec<i32>, MigrateError> {
+async fn apply_missing(
+    client: &mut Client,
+    target: &str,
+    set: &[Migration],
+) -> Result<Vec<i32>, MigrateError> {
     client
         .batch_execute(
             "CREATE SCHEMA IF NOT EXISTS pubsubpull;
@@ -95,8 +99,10 @@ mod tests {
     #[test]
     fn source_migrations_match_the_directory() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/source");
-        let mut files: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect();
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
         files.sort();
         let listed: Vec<&str> = SOURCE.iter().map(|m| m.name).collect();
         assert_eq!(files, listed);

@@ -75,7 +75,11 @@ pub enum TailError {
 }
 
 /// Streams changes to `out` until `endpos` (or until the server ends the stream).
-pub async fn tail(conninfo: &ConnInfo, options: &TailOptions, out: impl Write) -> Result<TailSummary, TailError> {
+pub async fn tail(
+    conninfo: &ConnInfo,
+    options: &TailOptions,
+    out: impl Write,
+) -> Result<TailSummary, TailError> {
     let sql = conninfo.connect_sql().await?;
     let server_version = server_version_num(&sql).await?;
     if options.plugin == Plugin::Pgoutput {
@@ -116,7 +120,7 @@ pub async fn tail(conninfo: &ConnInfo, options: &TailOptions, out: impl Write) -
 }
 
 async fn server_version_num(sql: &tokio_postgres::Client) -> Result<u32, SourceError> {
-    let row = sql.query_one("SELECT current_setting('server_version_num')::int", &[]).await.map_err(SourceError::sql)?;
+    let row = sql.query_one("SELECT current_setting('server_version_num')::int", &[]).await?;
     Ok(u32::try_from(row.get::<_, i32>(0)).unwrap_or(0))
 }
 
@@ -124,7 +128,7 @@ async fn check_publication(sql: &tokio_postgres::Client, publication: &str) -> R
     let exists = sql
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
         .await
-        .map_err(SourceError::sql)?;
+        .map_err(SourceError::from)?;
     match exists {
         Some(_) => Ok(()),
         None => Err(TailError::NoPublication(publication.to_owned())),
@@ -150,7 +154,11 @@ struct Run<W: Write> {
 }
 
 impl<W: Write> Run<W> {
-    async fn stream_until_done(&mut self, sql: &tokio_postgres::Client, catalog: &mut Catalog) -> Result<(), TailError> {
+    async fn stream_until_done(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        catalog: &mut Catalog,
+    ) -> Result<(), TailError> {
         let mut events = Vec::new();
         let mut last_status = Instant::now();
         loop {
@@ -162,8 +170,16 @@ impl<W: Write> Run<W> {
                 Next::End => return Ok(()),
                 Next::Idle => {}
                 Next::Message(ReplicationMessage::XLogData(data)) => {
-                    decode_message(self.decoder.as_mut(), self.plugin, sql, catalog, data.wal_start, &data.data, &mut events)
-                        .await?;
+                    decode_message(
+                        self.decoder.as_mut(),
+                        self.plugin,
+                        sql,
+                        catalog,
+                        data.wal_start,
+                        &data.data,
+                        &mut events,
+                    )
+                    .await?;
                     for event in events.drain(..) {
                         let step = self
                             .assembler
@@ -306,7 +322,7 @@ fn encode_change(line: &mut Vec<u8>, txn: &Transaction, change: &Change) {
 fn write_line(out: &mut impl Write, body: &[u8], txn: &Transaction) -> std::io::Result<()> {
     out.write_all(body)?;
     match txn.committed_at {
-        Some(at) => write!(out, ",\"committed_at\":\"{}\"}}\n", at.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
+        Some(at) => writeln!(out, ",\"committed_at\":\"{}\"}}", at.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
         None => out.write_all(b",\"committed_at\":null}\n"),
     }
 }

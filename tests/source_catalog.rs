@@ -17,6 +17,9 @@ CREATE TABLE pk (b int, a int, c text, PRIMARY KEY (a, b));
 CREATE TABLE ident (id int NOT NULL, x int);
 CREATE UNIQUE INDEX ident_id ON ident (id) INCLUDE (x);
 ALTER TABLE ident REPLICA IDENTITY USING INDEX ident_id;
+CREATE TABLE both_keys (id int PRIMARY KEY, code int NOT NULL);
+CREATE UNIQUE INDEX both_keys_code ON both_keys (code);
+ALTER TABLE both_keys REPLICA IDENTITY USING INDEX both_keys_code;
 CREATE TABLE full_row (v text);
 ALTER TABLE full_row REPLICA IDENTITY FULL;
 CREATE TABLE no_key (v text);
@@ -36,15 +39,19 @@ async fn loads_user_types_and_every_tables_key() {
     let client = ConnInfo::parse(&db.url()).unwrap().connect_sql().await.expect("SQL connection");
     let catalog = load_catalog(&client).await.expect("catalog");
 
-    let key = |schema: &str, name: &str| catalog.key(&TableName::new(schema, name)).cloned();
+    let key = |schema: &str, name: &str| catalog.table(&TableName::new(schema, name)).map(|t| t.key.clone());
     assert_eq!(key("public", "pk"), Some(columns(&["a", "b"])), "primary key in key order");
     assert_eq!(key("public", "ident"), Some(columns(&["id"])), "replica identity index, without INCLUDE");
+    assert_eq!(key("public", "both_keys"), Some(columns(&["code"])), "the identity index the WAL carries");
     assert_eq!(key("public", "full_row"), Some(KeyColumns::All));
     assert_eq!(key("public", "no_key"), Some(KeyColumns::None));
     assert_eq!(key("My Schema", "Odd"), Some(columns(&["id"])));
     assert_eq!(key("public", "parted"), Some(columns(&["id", "region"])));
     assert_eq!(key("public", "parted_eu"), Some(columns(&["id", "region"])));
     assert_eq!(key("pg_catalog", "pg_class"), None, "system tables are left out");
+    let full =
+        |schema: &str, name: &str| catalog.table(&TableName::new(schema, name)).map(|t| t.full_identity);
+    assert_eq!((full("public", "full_row"), full("public", "pk")), (Some(true), Some(false)));
 
     let int = TypeKind::scalar(Scalar::Int);
     assert_eq!(catalog.type_by_name("positive"), Some(int), "a domain maps as its base type");

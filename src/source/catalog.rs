@@ -10,7 +10,7 @@ use tokio_postgres::{Client, Row};
 
 use super::SourceError;
 use crate::decode::catalog::TypeRow;
-use crate::decode::{Catalog, KeyColumns, TableName};
+use crate::decode::{Catalog, KeyColumns, TableInfo, TableName};
 
 /// User types: every type with an oid at or above FirstNormalObjectId.
 const TYPES: &str = "\
@@ -49,8 +49,8 @@ pub async fn load_catalog(sql: &Client) -> Result<Catalog, SourceError> {
     let mut catalog = Catalog::builtin();
     catalog.add_types(types.iter().map(type_row).collect::<Result<Vec<_>, _>>()?);
     for row in &tables {
-        let (table, key) = table_key(row)?;
-        catalog.set_key(table, key);
+        let (table, info) = table_info(row)?;
+        catalog.set_table(table, info);
     }
     Ok(catalog)
 }
@@ -67,19 +67,20 @@ fn type_row(row: &Row) -> Result<TypeRow, SourceError> {
     })
 }
 
-/// A table and its key: the primary key, else the replica identity index, else all columns with
-/// REPLICA IDENTITY FULL, else none.
-fn table_key(row: &Row) -> Result<(TableName, KeyColumns), SourceError> {
+/// A table and its key: the replica identity index when the identity is set to one (deletes carry
+/// those columns), else the primary key, else all columns with REPLICA IDENTITY FULL, else none.
+fn table_info(row: &Row) -> Result<(TableName, TableInfo), SourceError> {
     let table = TableName::new(row.try_get::<_, String>(0)?, row.try_get::<_, String>(1)?);
     let replica_identity: String = row.try_get(2)?;
     let primary_key: Option<Vec<String>> = row.try_get(3)?;
     let identity_index: Option<Vec<String>> = row.try_get(4)?;
     let key = match (primary_key, identity_index) {
+        (_, Some(columns)) if replica_identity == "i" => KeyColumns::Columns(columns),
         (Some(columns), _) | (None, Some(columns)) => KeyColumns::Columns(columns),
         (None, None) if replica_identity == "f" => KeyColumns::All,
         (None, None) => KeyColumns::None,
     };
-    Ok((table, key))
+    Ok((table, TableInfo { key, full_identity: replica_identity == "f" }))
 }
 
 /// A `"char"` column read as text (`"char"` '\0' reads as the empty string).
