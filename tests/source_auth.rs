@@ -14,6 +14,16 @@ fn system_id(db: &TestDb) -> u64 {
 async fn identify_as(db: &TestDb, user: &str) {
     let info = ConnInfo::parse(&db.url_as(user)).expect("connection string");
     let mut repl = ReplicationConnection::connect(&info).await.unwrap_or_else(|e| panic!("{user}: {e:?}"));
+    // The session settings that make value text the same on every connection.
+    for (name, value) in [
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("IntervalStyle", "postgres"),
+        ("client_encoding", "UTF8"),
+    ] {
+        assert_eq!(repl.parameter(name), Some(value), "{user}: {name}");
+    }
+    assert!(repl.parameter("server_version").is_some());
     let system = repl.identify_system().await.expect("IDENTIFY_SYSTEM");
     assert_eq!(system.dbname, db.name, "{user}");
     assert_eq!(system.system_id, system_id(db), "{user}");
