@@ -66,6 +66,9 @@ async fn a_wrong_password_is_reported_without_echoing_it() {
         assert_eq!(error.to_string(), format!("password authentication failed for user \"{user}\""));
         assert!(!format!("{error:?}").contains(wrong), "{error:?}");
         assert!(!error.is_transient());
+        // The SQL connection reports it the same way.
+        let error = ConnInfo::parse(&url).unwrap().connect_sql().await.err().unwrap();
+        assert!(matches!(&error, SourceError::PasswordFailed { .. }), "{user}: {error:?}");
     }
 }
 
@@ -101,6 +104,8 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(matches!(error, SourceError::Connect { .. }), "{error:?}");
     assert!(error.is_transient());
     assert!(error.to_string().contains(&port.to_string()), "{error}");
+    let error = info.connect_sql().await.err().unwrap();
+    assert!(error.is_transient(), "{error:?}");
 }
 
 #[tokio::test]
