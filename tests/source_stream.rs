@@ -65,6 +65,7 @@ async fn streams_a_transaction_and_the_slot_confirms_exactly_what_was_flushed() 
     stream.send_status(commit.wal_start, commit.wal_start).await.expect("status");
     // A lower position later must not move the slot back.
     stream.send_status(consistent_point, consistent_point).await.expect("status");
+    assert_eq!(stream.flushed(), commit.wal_start);
     stream.finish().await.expect("finish");
     assert_eq!(confirmed_flush(&db, &slot), commit.wal_start);
 
