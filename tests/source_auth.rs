@@ -14,6 +14,16 @@ fn system_id(db: &TestDb) -> u64 {
 async fn identify_as(db: &TestDb, user: &str) {
     let info = ConnInfo::parse(&db.url_as(user)).expect("connection string");
     let mut repl = ReplicationConnection::connect(&info).await.unwrap_or_else(|e| panic!("{user}: {e:?}"));
+    // The session settings that make value text the same on every connection.
+    for (name, value) in [
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("IntervalStyle", "postgres"),
+        ("client_encoding", "UTF8"),
+    ] {
+        assert_eq!(repl.parameter(name), Some(value), "{user}: {name}");
+    }
+    assert!(repl.parameter("server_version").is_some());
     let system = repl.identify_system().await.expect("IDENTIFY_SYSTEM");
     assert_eq!(system.dbname, db.name, "{user}");
     assert_eq!(system.system_id, system_id(db), "{user}");
@@ -56,6 +66,9 @@ async fn a_wrong_password_is_reported_without_echoing_it() {
         assert_eq!(error.to_string(), format!("password authentication failed for user \"{user}\""));
         assert!(!format!("{error:?}").contains(wrong), "{error:?}");
         assert!(!error.is_transient());
+        // The SQL connection reports it the same way.
+        let error = ConnInfo::parse(&url).unwrap().connect_sql().await.err().unwrap();
+        assert!(matches!(&error, SourceError::PasswordFailed { .. }), "{user}: {error:?}");
     }
 }
 
@@ -91,6 +104,8 @@ async fn an_unreachable_server_is_a_transient_error() {
     assert!(matches!(error, SourceError::Connect { .. }), "{error:?}");
     assert!(error.is_transient());
     assert!(error.to_string().contains(&port.to_string()), "{error}");
+    let error = info.connect_sql().await.err().unwrap();
+    assert!(error.is_transient(), "{error:?}");
 }
 
 #[tokio::test]

@@ -65,6 +65,7 @@ async fn streams_a_transaction_and_the_slot_confirms_exactly_what_was_flushed() 
     stream.send_status(commit.wal_start, commit.wal_start).await.expect("status");
     // A lower position later must not move the slot back.
     stream.send_status(consistent_point, consistent_point).await.expect("status");
+    assert_eq!(stream.flushed(), commit.wal_start);
     stream.finish().await.expect("finish");
     assert_eq!(confirmed_flush(&db, &slot), commit.wal_start);
 
@@ -172,7 +173,9 @@ async fn a_missing_plugin_names_the_package_and_leaves_the_connection_usable() {
         matches!(&error, SourceError::PluginMissing { plugin, .. } if plugin == "wal2json_missing"),
         "{error:?}"
     );
-    assert!(error.to_string().contains("apt-get install postgresql-15-wal2json"), "{error}");
+    let major = db.sql("SELECT current_setting('server_version_num')::int / 10000");
+    let fix = format!("apt-get install postgresql-{major}-wal2json");
+    assert!(error.to_string().contains(&fix), "{error}");
     assert!(!error.is_transient());
     assert_eq!(db.sql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")), "0");
     assert_eq!(repl.identify_system().await.expect("still usable").dbname, db.name);

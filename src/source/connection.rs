@@ -12,7 +12,7 @@ use std::str::FromStr;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::conninfo::ConnInfo;
+use super::conninfo::{ConnInfo, SslMode};
 use super::protocol::{self, ProtocolError, COPY_BOTH_RESPONSE_TAG};
 use super::startup::startup;
 use super::stream::ReplicationStream;
@@ -51,7 +51,7 @@ impl ReplicationConnection {
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConnection, SourceError> {
         let first = Encryption::first_for(info.sslmode);
         match ReplicationConnection::connect_with(info, first).await {
-            Err(SourceError::Rejected { .. }) if info.sslmode == super::SslMode::Allow => {
+            Err(SourceError::Rejected { .. }) if info.sslmode == SslMode::Allow => {
                 ReplicationConnection::connect_with(info, Encryption::Tls).await
             }
             result => result,
@@ -66,7 +66,7 @@ impl ReplicationConnection {
             let mut wire = Wire::new(Transport::open(info, encryption).await?);
             let mut context = ErrorContext { user: info.user.clone(), ..ErrorContext::default() };
             let session = startup(&mut wire, info, &mut context).await?;
-            tracing::debug!(target = %info.target(), tls = wire.is_tls(), pid = ?session.backend_pid, "replication connection open");
+            tracing::debug!(server = %info.target(), tls = wire.is_tls(), pid = ?session.backend_pid, "replication connection open");
             Ok(ReplicationConnection {
                 wire,
                 context,

@@ -44,7 +44,7 @@ pub fn client_config(info: &ConnInfo) -> Result<ClientConfig, SourceError> {
 }
 
 /// The name the server's certificate must carry: the host (an IP address when it is one).
-pub fn server_name(info: &ConnInfo) -> Result<ServerName<'static>, SourceError> {
+pub(crate) fn server_name(info: &ConnInfo) -> Result<ServerName<'static>, SourceError> {
     match &info.host {
         Host::Tcp(host) => match host.parse::<IpAddr>() {
             Ok(ip) => Ok(ServerName::IpAddress(ip.into())),
