@@ -129,7 +129,7 @@ fn spot_check(lines: &[String]) {
     assert_eq!(new["num"], "12345678901234.123456");
     assert_eq!(new["t"], "it's \"quoted\" \\back\\slash");
     assert_eq!(new["vc"], "line1\nline2");
-    assert_eq!(new["j"]["n"].to_string(), "123456789012345678901234567890");
+    assert!(lines[0].contains(r#""n":123456789012345678901234567890"#), "json numbers keep their digits");
     assert_eq!(new["texts"], serde_json::json!(["a b", "c\"d", null, "NULL", "", "é"]));
     assert_eq!(new["nested"], serde_json::json!([[1, 2], [3, 4]]));
     assert_eq!(new["by"], "\\x00ff10");

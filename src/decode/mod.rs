@@ -52,6 +52,7 @@ pub type Timestamp = DateTime<Utc>;
 pub enum Plugin {
     Pgoutput,
     Wal2json,
+    #[value(name = "test_decoding")]
     TestDecoding,
 }
 
