@@ -7,7 +7,8 @@
 //! - [`source`]: the replication connection (startup, authentication, TLS, slot, streaming, feedback);
 //! - [`decode`]: plugin output to [`decode::Change`]s, the same for every plugin;
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
-//! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON.
+//! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
+//! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
 
 pub mod assemble;
 pub mod decode;
@@ -15,3 +16,4 @@ pub mod lsn;
 pub mod migrate;
 pub mod source;
 pub mod tail;
+pub mod tracking;

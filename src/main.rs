@@ -1,5 +1,7 @@
 //! The `pubsubpull` command line: parse, build, run.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -7,6 +9,7 @@ use pubsubpull::decode::Plugin;
 use pubsubpull::lsn::Lsn;
 use pubsubpull::source::ConnInfo;
 use pubsubpull::tail::{self, SlotChoice, TailOptions};
+use pubsubpull::{migrate, tracking};
 
 #[derive(Parser)]
 #[command(name = "pubsubpull", version, about = "PostgreSQL change streamer: publish, subscribe, pull")]
@@ -26,15 +29,48 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create or upgrade the pubsubpull schema (idempotent).
+    Migrate(DatabaseArgs),
+    /// Start capturing tables: context trigger, publication membership, registry row.
+    Track(TrackArgs),
+    /// Stop capturing tables.
+    Untrack(UntrackArgs),
     /// Print the slot's changes as NDJSON change objects on stdout (a better pg_recvlogical).
     Tail(TailArgs),
 }
 
 #[derive(clap::Args)]
-struct TailArgs {
+struct DatabaseArgs {
     /// Source database (libpq URL or key=value connection string).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+}
+
+#[derive(clap::Args)]
+struct TrackArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Give a table without primary key or replica identity REPLICA IDENTITY FULL (its old rows
+    /// are then logged whole) instead of refusing it.
+    #[arg(long)]
+    replica_identity_full: bool,
+    /// Tables, as SQL names them (`orders`, `shop.orders`, `"Odd Name"`).
+    #[arg(required = true)]
+    tables: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct UntrackArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    #[arg(required = true)]
+    tables: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct TailArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// Output plugin of the slot.
     #[arg(long, env = "PUBSUBPULL_PLUGIN", value_enum, default_value_t = Plugin::Pgoutput)]
     plugin: Plugin,
@@ -52,17 +88,57 @@ struct TailArgs {
     endpos: Option<Lsn>,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match cli.command {
-        Command::Tail(args) => runtime.block_on(run_tail(args)),
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| match cli.command {
+            Command::Migrate(args) => runtime.block_on(run_migrate(args)),
+            Command::Track(args) => runtime.block_on(run_track(args)),
+            Command::Untrack(args) => runtime.block_on(run_untrack(args)),
+            Command::Tail(args) => runtime.block_on(run_tail(args)),
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // The whole chain of causes on one line; no backtrace: these are the user's errors.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
+async fn sql_client(args: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Client> {
     let conninfo = ConnInfo::parse(&args.database_url).context("invalid --database-url")?;
+    Ok(conninfo.connect_sql().await?)
+}
+
+async fn run_migrate(args: DatabaseArgs) -> anyhow::Result<()> {
+    let mut client = sql_client(&args).await?;
+    let applied = migrate::migrate(&mut client, "source", migrate::SOURCE).await?;
+    tracing::info!(applied = applied.len(), "schema up to date");
+    Ok(())
+}
+
+async fn run_track(args: TrackArgs) -> anyhow::Result<()> {
+    let client = sql_client(&args.database).await?;
+    tracking::track(&client, &args.tables, args.replica_identity_full).await?;
+    tracing::info!(tables = ?args.tables, "tracking");
+    Ok(())
+}
+
+async fn run_untrack(args: UntrackArgs) -> anyhow::Result<()> {
+    let client = sql_client(&args.database).await?;
+    tracking::untrack(&client, &args.tables).await?;
+    tracing::info!(tables = ?args.tables, "no longer tracking");
+    Ok(())
+}
+
+async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
+    let conninfo = ConnInfo::parse(&args.database.database_url).context("invalid --database-url")?;
     let options = TailOptions {
         plugin: args.plugin,
         slot: args.slot.map_or(SlotChoice::Temporary, SlotChoice::Named),

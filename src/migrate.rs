@@ -56,7 +56,8 @@ async fn apply_missing(
 ) -> Result<Vec<i32>, MigrateError> {
     client
         .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS pubsubpull;
+            "SET client_min_messages = warning;
+             CREATE SCHEMA IF NOT EXISTS pubsubpull;
              CREATE TABLE IF NOT EXISTS pubsubpull.schema_migrations (
                  target text NOT NULL,
                  version int NOT NULL,
