@@ -3,7 +3,7 @@
 //! database's own types and table keys.
 
 use super::catalog::{parse_type_row, Catalog, KeyColumns, TableInfo};
-use super::{Plugin, TableName};
+use super::{Change, DecodeError, Decoder, Event, Plugin, TableName};
 use crate::lsn::Lsn;
 
 const TYPES: &str = include_str!("../../tests/fixtures/capture/types.tsv");
@@ -30,6 +30,46 @@ pub fn catalog() -> Catalog {
         catalog.set_table(TableName::new(schema, table), TableInfo { key, full_identity: identity == "f" });
     }
     catalog
+}
+
+/// Every event the workload's messages from `plugin` decode to.
+pub fn decode_all(plugin: Plugin) -> Vec<Event> {
+    let catalog = catalog();
+    let mut decoder = plugin.decoder();
+    let mut events = Vec::new();
+    for (lsn, data) in messages(plugin) {
+        decoder.decode(lsn, &data, &catalog, &mut events).unwrap_or_else(|e| panic!("message at {lsn}: {e}"));
+    }
+    events
+}
+
+/// The changes of `schema.table` among `events`.
+pub fn changes_of<'a>(events: &'a [Event], schema: &str, table: &str) -> Vec<&'a Change> {
+    let name = TableName::new(schema, table);
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Change(change) if *change.table == name => Some(change),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Decodes `data` after a sentinel event, asserting that an error leaves the output as it was.
+pub fn decode_one(
+    decoder: &mut dyn Decoder,
+    data: &[u8],
+    catalog: &Catalog,
+) -> Result<Vec<Event>, DecodeError> {
+    let sentinel = Event::StreamStop;
+    let mut out = vec![sentinel.clone()];
+    match decoder.decode(Lsn(1), data, catalog, &mut out) {
+        Ok(()) => Ok(out.split_off(1)),
+        Err(e) => {
+            assert_eq!(out, [sentinel], "error {e} after appending events");
+            Err(e)
+        }
+    }
 }
 
 /// The messages `plugin` sent for the workload: (XLogData start LSN, message bytes).
@@ -196,17 +236,16 @@ fn fixtures_load() {
 #[test]
 fn the_three_plugins_decode_to_the_same_changes() {
     fn changes(plugin: Plugin) -> Vec<serde_json::Value> {
-        let catalog = catalog();
-        let mut decoder = plugin.decoder();
-        let mut events = Vec::new();
-        for (lsn, bytes) in messages(plugin) {
-            decoder.decode(lsn, &bytes, &catalog, &mut events).expect("fixture decodes");
-        }
-        let lines = events.iter().filter(|e| matches!(e, super::Event::Change(_))).map(golden::line);
+        let events = decode_all(plugin);
+        let lines = events.iter().filter(|e| matches!(e, Event::Change(_) | Event::Message(_)));
+        let lines = lines.map(golden::line);
         lines.map(|line| serde_json::from_str(&line).expect("golden lines are JSON")).collect()
     }
-    fn without_unknowable(mut change: serde_json::Value) -> serde_json::Value {
-        let change = &mut change["change"];
+    fn without_unknowable(mut event: serde_json::Value) -> serde_json::Value {
+        if event.get("message").is_some() {
+            return event;
+        }
+        let change = &mut event["change"];
         change.as_object_mut().expect("change").remove("unchanged");
         for image in ["key", "new", "old"] {
             if let Some(row) = change[image].as_object_mut() {
@@ -218,7 +257,7 @@ fn the_three_plugins_decode_to_the_same_changes() {
         change.clone()
     }
     let reference = changes(Plugin::Pgoutput);
-    assert_eq!(reference.len(), 44);
+    assert_eq!(reference.len(), 45, "44 changes and a message");
     for plugin in [Plugin::Wal2json, Plugin::TestDecoding] {
         let other = changes(plugin);
         assert_eq!(other.len(), reference.len(), "{plugin:?}");

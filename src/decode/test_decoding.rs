@@ -497,25 +497,11 @@ mod tests {
     static CATALOG: LazyLock<Catalog> = LazyLock::new(fixtures::catalog);
 
     fn decode_fixtures() -> Vec<Event> {
-        let mut decoder = TestDecodingDecoder::default();
-        let mut events = Vec::new();
-        for (lsn, data) in fixtures::messages(Plugin::TestDecoding) {
-            decoder
-                .decode(lsn, &data, &CATALOG, &mut events)
-                .unwrap_or_else(|e| panic!("message at {lsn}: {e}"));
-        }
-        events
+        fixtures::decode_all(Plugin::TestDecoding)
     }
 
     fn changes<'a>(events: &'a [Event], schema: &str, table: &str) -> Vec<&'a Change> {
-        let name = TableName::new(schema, table);
-        events
-            .iter()
-            .filter_map(|event| match event {
-                Event::Change(change) if *change.table == name => Some(change),
-                _ => None,
-            })
-            .collect()
+        fixtures::changes_of(events, schema, table)
     }
 
     fn json<T: serde::Serialize>(value: &T) -> String {
@@ -526,17 +512,8 @@ mod tests {
         text.parse().unwrap()
     }
 
-    /// Decodes `data` after a sentinel event; an error must leave the output as it was.
     fn decode_one(data: &[u8]) -> Result<Vec<Event>, DecodeError> {
-        let sentinel = Event::StreamStop;
-        let mut out = vec![sentinel.clone()];
-        match TestDecodingDecoder::default().decode(Lsn(1), data, &CATALOG, &mut out) {
-            Ok(()) => Ok(out.split_off(1)),
-            Err(e) => {
-                assert_eq!(out, [sentinel], "error {e} after appending events");
-                Err(e)
-            }
-        }
+        fixtures::decode_one(&mut TestDecodingDecoder::default(), data, &CATALOG)
     }
 
     fn decode_change(line: &str) -> Change {
@@ -589,26 +566,6 @@ mod tests {
         let begins = events.iter().filter(|e| matches!(e, Event::Begin(_))).count();
         let commits = events.iter().filter(|e| matches!(e, Event::Commit(_))).count();
         assert_eq!((begins, commits), (34, 34));
-    }
-
-    #[test]
-    fn updates_carry_the_old_key_only_when_it_changed() {
-        let events = decode_fixtures();
-        let plain = changes(&events, "public", "plain");
-        let summary: Vec<_> =
-            plain.iter().map(|c| (c.op, json(&c.key), json(&c.new), json(&c.old))).take(6).collect();
-        let row = |op, key: &str, new: &str, old: &str| (op, key.to_owned(), new.to_owned(), old.to_owned());
-        assert_eq!(
-            summary,
-            [
-                row(Op::Insert, r#"{"id":1}"#, r#"{"id":1,"v":"one"}"#, "null"),
-                row(Op::Insert, r#"{"id":2}"#, r#"{"id":2,"v":"two"}"#, "null"),
-                row(Op::Insert, r#"{"id":3}"#, r#"{"id":3,"v":"three"}"#, "null"),
-                row(Op::Update, r#"{"id":1}"#, r#"{"id":1,"v":"uno"}"#, "null"),
-                row(Op::Update, r#"{"id":20}"#, r#"{"id":20,"v":"two"}"#, r#"{"id":2}"#),
-                row(Op::Delete, r#"{"id":3}"#, "null", r#"{"id":3}"#),
-            ]
-        );
     }
 
     #[test]
@@ -680,93 +637,6 @@ mod tests {
             r#"{"Col Space":7,"rows":["(1,UP)"],"bits":"0101","c":"x","arr":["a]:b"],"UPPER":"x]:y"}"#
         );
         assert_eq!(json(&change.key), r#"{"Col Space":7}"#);
-    }
-
-    #[test]
-    fn truncates_give_one_change_per_table() {
-        let events = decode_fixtures();
-        let truncated: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Change(c) if c.op == Op::Truncate => Some((c.table.to_string(), c.lsn)),
-                _ => None,
-            })
-            .collect();
-        let expected = [
-            ("public.child", "0/1E91590"),
-            ("public.plain", "0/1E91590"),
-            ("public.parent", "0/1E92460"),
-            ("public.child", "0/1E92460"),
-        ];
-        assert_eq!(truncated, expected.map(|(t, l)| (t.to_owned(), lsn(l))));
-        let flags = decode_one(br#"table "A b".c, public."x, y": TRUNCATE: restart_seqs cascade"#).unwrap();
-        let tables: Vec<_> = flags
-            .iter()
-            .map(|e| match e {
-                Event::Change(c) => (c.table.to_string(), c.op),
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(
-            tables,
-            [("\"A b\".c".to_owned(), Op::Truncate), ("public.\"x, y\"".to_owned(), Op::Truncate)]
-        );
-    }
-
-    #[test]
-    fn follows_added_and_dropped_columns() {
-        let events = decode_fixtures();
-        let evolving: Vec<_> = changes(&events, "public", "evolving")
-            .iter()
-            .map(|c| (c.op, json(&c.new), json(&c.old)))
-            .collect();
-        let row = |op, new: &str, old: &str| (op, new.to_owned(), old.to_owned());
-        assert_eq!(
-            evolving,
-            [
-                row(Op::Insert, r#"{"id":1,"note":"before"}"#, "null"),
-                row(Op::Insert, r#"{"id":2,"note":"added","added":8}"#, "null"),
-                row(Op::Update, r#"{"id":1,"note":"after add","added":7}"#, "null"),
-                row(Op::Insert, r#"{"id":3,"added":9}"#, "null"),
-                row(Op::Delete, "null", r#"{"id":2}"#),
-            ]
-        );
-    }
-
-    #[test]
-    fn decodes_messages_and_savepoints() {
-        let events = decode_fixtures();
-        let at = events.iter().position(|e| matches!(e, Event::Message(_))).unwrap();
-        assert_eq!(
-            events[at],
-            Event::Message(Message {
-                lsn: lsn("0/1EA0418"),
-                transactional: true,
-                prefix: "pubsubpull.test".into(),
-                content: b"hello".to_vec()
-            })
-        );
-        assert!(
-            matches!(&events[at + 1], Event::Change(c) if c.new.as_ref().unwrap().get("id") == Some(&Value::Int(400)))
-        );
-        let ids: Vec<_> = changes(&events, "public", "plain")
-            .iter()
-            .filter_map(|c| c.key.as_ref().and_then(|k| k.get("id")).cloned())
-            .collect();
-        assert_eq!(ids[ids.len() - 3..], [Value::Int(200), Value::Int(200), Value::Int(400)]);
-        // Content holds any bytes, the prefix may look like the line's own syntax.
-        let message =
-            decode_one(b"message: transactional: 0 prefix: a, sz: 1 content:x, sz: 4 content:\n\xff, ")
-                .unwrap();
-        assert_eq!(
-            message,
-            [Event::Message(Message {
-                lsn: Lsn(1),
-                transactional: false,
-                prefix: "a, sz: 1 content:x".into(),
-                content: b"\n\xff, ".to_vec()
-            })]
-        );
     }
 
     #[test]

@@ -329,26 +329,11 @@ mod tests {
     static CATALOG: LazyLock<Catalog> = LazyLock::new(fixtures::catalog);
 
     fn decode_fixtures() -> Vec<Event> {
-        let catalog = fixtures::catalog();
-        let mut decoder = Wal2jsonDecoder::default();
-        let mut events = Vec::new();
-        for (lsn, data) in fixtures::messages(Plugin::Wal2json) {
-            decoder
-                .decode(lsn, &data, &catalog, &mut events)
-                .unwrap_or_else(|e| panic!("message at {lsn}: {e}"));
-        }
-        events
+        fixtures::decode_all(Plugin::Wal2json)
     }
 
     fn changes<'a>(events: &'a [Event], schema: &str, table: &str) -> Vec<&'a Change> {
-        let name = TableName::new(schema, table);
-        events
-            .iter()
-            .filter_map(|event| match event {
-                Event::Change(change) if *change.table == name => Some(change),
-                _ => None,
-            })
-            .collect()
+        fixtures::changes_of(events, schema, table)
     }
 
     fn json<T: serde::Serialize>(value: &T) -> String {
@@ -359,17 +344,8 @@ mod tests {
         text.parse().unwrap()
     }
 
-    /// Decodes `data` after a sentinel event; an error must leave the output as it was.
     fn decode_one(data: &[u8]) -> Result<Vec<Event>, DecodeError> {
-        let sentinel = Event::StreamStop;
-        let mut out = vec![sentinel.clone()];
-        match Wal2jsonDecoder::default().decode(Lsn(1), data, &CATALOG, &mut out) {
-            Ok(()) => Ok(out.split_off(1)),
-            Err(e) => {
-                assert_eq!(out, [sentinel], "error {e} after appending events");
-                Err(e)
-            }
-        }
+        fixtures::decode_one(&mut Wal2jsonDecoder::default(), data, &CATALOG)
     }
 
     const KINDS_ROW_1: &str = r#"{"id":1,"i2":1,"i4":2,"i8":9223372036854775807,"f4":1.5,"f8":0.1,"num":"12345678901234.123456","b":true,"t":"it's \"quoted\" \\back\\slash","vc":"line1\nline2","bp":"é☃","j":{"b":1,"a":[1,2.50,"x"],"n":123456789012345678901234567890},"jb":{"k":{"z":null}},"ints":[1,null,3],"texts":["a b","c\"d",null,"NULL","","é"],"nested":[[1,2],[3,4]],"jbs":[{"x":1},null],"nums":["1.10","NaN"],"by":"\\x00ff10","d":"2026-11-28","ts":"2026-11-28 10:42:39.369663","tstz":"2026-11-28 08:42:39.369663+00","iv":"1 day 02:03:04","u":"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11","m":"it's complicated","p":42,"tl":["x","y"],"ip":"192.168.0.1/24","pt":"(1,2)","bx":["(1,1),(0,0)","(2,2),(1,1)"],"char":"v'al "}"#;
@@ -411,26 +387,6 @@ mod tests {
         let begins = events.iter().filter(|e| matches!(e, Event::Begin(_))).count();
         let commits = events.iter().filter(|e| matches!(e, Event::Commit(_))).count();
         assert_eq!((begins, commits), (34, 34));
-    }
-
-    #[test]
-    fn updates_carry_the_old_key_only_when_it_changed() {
-        let events = decode_fixtures();
-        let plain = changes(&events, "public", "plain");
-        let summary: Vec<_> =
-            plain.iter().map(|c| (c.op, json(&c.key), json(&c.new), json(&c.old))).take(6).collect();
-        let row = |op, key: &str, new: &str, old: &str| (op, key.to_owned(), new.to_owned(), old.to_owned());
-        assert_eq!(
-            summary,
-            [
-                row(Op::Insert, r#"{"id":1}"#, r#"{"id":1,"v":"one"}"#, "null"),
-                row(Op::Insert, r#"{"id":2}"#, r#"{"id":2,"v":"two"}"#, "null"),
-                row(Op::Insert, r#"{"id":3}"#, r#"{"id":3,"v":"three"}"#, "null"),
-                row(Op::Update, r#"{"id":1}"#, r#"{"id":1,"v":"uno"}"#, "null"),
-                row(Op::Update, r#"{"id":20}"#, r#"{"id":20,"v":"two"}"#, r#"{"id":2}"#),
-                row(Op::Delete, r#"{"id":3}"#, "null", r#"{"id":3}"#),
-            ]
-        );
     }
 
     #[test]
@@ -493,71 +449,6 @@ mod tests {
         );
         assert_eq!(json(&odd[2].old), r#"{"Col Space":1}"#);
         assert_eq!(odd[0].table.to_string(), r#""Odd Schema"."Tab""le é""#);
-    }
-
-    #[test]
-    fn truncates_give_one_change_per_table() {
-        let events = decode_fixtures();
-        let truncated: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Change(c) if c.op == Op::Truncate => Some((c.table.to_string(), c.lsn)),
-                _ => None,
-            })
-            .collect();
-        let expected = [
-            ("public.child", "0/1E91590"),
-            ("public.plain", "0/1E91590"),
-            ("public.parent", "0/1E92460"),
-            ("public.child", "0/1E92460"),
-        ];
-        assert_eq!(truncated, expected.map(|(t, l)| (t.to_owned(), lsn(l))));
-    }
-
-    #[test]
-    fn follows_added_and_dropped_columns() {
-        let events = decode_fixtures();
-        let evolving: Vec<_> = changes(&events, "public", "evolving")
-            .iter()
-            .map(|c| (c.op, json(&c.new), json(&c.old)))
-            .collect();
-        let row = |op, new: &str, old: &str| (op, new.to_owned(), old.to_owned());
-        assert_eq!(
-            evolving,
-            [
-                row(Op::Insert, r#"{"id":1,"note":"before"}"#, "null"),
-                row(Op::Insert, r#"{"id":2,"note":"added","added":8}"#, "null"),
-                row(Op::Update, r#"{"id":1,"note":"after add","added":7}"#, "null"),
-                row(Op::Insert, r#"{"id":3,"added":9}"#, "null"),
-                row(Op::Delete, "null", r#"{"id":2}"#),
-            ]
-        );
-    }
-
-    #[test]
-    fn decodes_messages_and_savepoints() {
-        let events = decode_fixtures();
-        let at = events.iter().position(|e| matches!(e, Event::Message(_))).unwrap();
-        assert_eq!(
-            events[at],
-            Event::Message(Message {
-                lsn: lsn("0/1EA0418"),
-                transactional: true,
-                prefix: "pubsubpull.test".into(),
-                content: b"hello".to_vec()
-            })
-        );
-        assert!(
-            matches!(&events[at + 1], Event::Change(c) if c.new.as_ref().unwrap().get("id") == Some(&Value::Int(400)))
-        );
-        // The savepoint's rolled-back insert (201) and the rolled-back transaction (300) left nothing.
-        let ids: Vec<_> = changes(&events, "public", "plain")
-            .iter()
-            .filter_map(|c| c.key.as_ref().and_then(|k| k.get("id")).cloned())
-            .collect();
-        assert_eq!(ids[ids.len() - 3..], [Value::Int(200), Value::Int(200), Value::Int(400)]);
-        let nokey = changes(&events, "public", "nokey");
-        assert_eq!(json(&nokey.last().unwrap().new), r#"{"a":9,"b":"in transaction"}"#);
     }
 
     #[test]
