@@ -1,5 +1,11 @@
 //! Transaction assembly: the decoders' events regrouped as whole transactions, in commit order,
-//! each change paired with what its transaction says about it (xid, commit time).
+//! each change paired with what its transaction says about it (xid, commit time, audit context).
+//!
+//! The audit-context join: the trigger on tracked tables writes one `pubsubpull.context` row per
+//! transaction, in that transaction, so the row reaches the stream inside the transaction it
+//! describes. Its last version (`set_context` may update it after the first change) becomes the
+//! transaction's context; it is known for sure only at COMMIT. A context row is never passed on as
+//! a change, and can only describe the transaction that wrote it.
 //!
 //! Logical decoding already sends transactions whole and in commit order (we do not ask pgoutput to
 //! stream in-progress ones), so assembly is a small state machine. What differs between plugins is
@@ -10,8 +16,9 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 
-use crate::decode::{Begin, Change, Commit, Event, Timestamp, Xid};
+use crate::decode::{Begin, Change, Commit, Event, Op, Row, TableName, Timestamp, Xid};
 use crate::lsn::Lsn;
+use crate::tracking::{CONTEXT_TABLE, TRACKED_TABLE};
 
 /// The transaction being assembled, as far as it is known.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -20,6 +27,8 @@ pub struct Transaction {
     /// Start of the commit record, when the plugin says it at BEGIN.
     pub final_lsn: Option<Lsn>,
     pub committed_at: Option<Timestamp>,
+    /// The transaction's `pubsubpull.context` row (less its key and time), as last written.
+    pub context: Option<Row>,
 }
 
 /// What an event means for the transaction stream.
@@ -31,7 +40,9 @@ pub enum Step {
     Change(Change),
     /// The current transaction committed, all its changes given; `txn` completed with what COMMIT said.
     Commit { txn: Transaction, end_lsn: Lsn },
-    /// Nothing for the consumer (logical decoding messages).
+    /// The set of tracked tables changed (a `pubsubpull.tracked` row was written).
+    TrackingChanged,
+    /// Nothing for the consumer (logical decoding messages, context rows).
     Nothing,
 }
 
@@ -70,11 +81,22 @@ impl Assembler {
                 if self.current.is_some() {
                     return Err(AssembleError::NestedBegin);
                 }
-                self.current = Some(Transaction { xid, final_lsn, committed_at });
+                self.current = Some(Transaction { xid, final_lsn, committed_at, context: None });
                 Ok(Step::Begin)
             }
-            Event::Change(change) if self.current.is_some() => Ok(Step::Change(change)),
-            Event::Change(_) => Err(AssembleError::OutsideTransaction("change")),
+            Event::Change(change) => {
+                let txn = self.current.as_mut().ok_or(AssembleError::OutsideTransaction("change"))?;
+                if is(&change.table, CONTEXT_TABLE) {
+                    if matches!(change.op, Op::Insert | Op::Update) {
+                        txn.context = change.new.map(context_of);
+                    }
+                    Ok(Step::Nothing)
+                } else if is(&change.table, TRACKED_TABLE) {
+                    Ok(Step::TrackingChanged)
+                } else {
+                    Ok(Step::Change(change))
+                }
+            }
             Event::Commit(Commit { end_lsn, committed_at }) => {
                 let mut txn = self.current.take().ok_or(AssembleError::OutsideTransaction("COMMIT"))?;
                 txn.committed_at = committed_at.or(txn.committed_at);
@@ -88,6 +110,15 @@ impl Assembler {
             | Event::StreamAbort { .. } => Err(AssembleError::Streaming),
         }
     }
+}
+
+fn is(table: &TableName, (schema, name): (&str, &str)) -> bool {
+    table.schema == schema && table.name == name
+}
+
+/// What a change object says of its transaction's context: the context row less its key and time.
+fn context_of(row: Row) -> Row {
+    Row(row.0.into_iter().filter(|(column, _)| !matches!(&**column, "xid" | "created_at")).collect())
 }
 
 /// Lines of bytes held until their transaction commits: in memory up to a limit, then in an
@@ -159,7 +190,7 @@ impl SpillBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Op, TableName};
+    use crate::decode::Value;
     use std::sync::Arc;
 
     fn change(lsn: u64) -> Change {
@@ -182,9 +213,40 @@ mod tests {
         assert_eq!(assembler.push(Event::Change(change(1))), Ok(Step::Change(change(1))));
         let at = crate::decode::timestamp_from_pg_micros(1);
         let step = assembler.push(Event::Commit(Commit { end_lsn: Lsn(9), committed_at: at }));
-        let txn = Transaction { xid: Some(7), final_lsn: None, committed_at: at };
+        let txn = Transaction { xid: Some(7), final_lsn: None, committed_at: at, context: None };
         assert_eq!(step, Ok(Step::Commit { txn, end_lsn: Lsn(9) }));
         assert!(assembler.is_idle());
+    }
+
+    fn context_row(op: Op, app: &str) -> Change {
+        let app = Value::Json(serde_json::value::RawValue::from_string(app.to_owned()).unwrap());
+        let row = Row(vec![
+            ("xid".into(), Value::Int(7)),
+            ("app".into(), app),
+            ("db_user".into(), Value::Text("web".into())),
+            ("created_at".into(), Value::Text("2026-11-28 10:00:00+00".into())),
+        ]);
+        Change { table: Arc::new(TableName::new("pubsubpull", "context")), op, new: Some(row), ..change(2) }
+    }
+
+    #[test]
+    fn joins_the_last_context_row_of_the_transaction() {
+        let mut assembler = Assembler::default();
+        assembler.push(Event::Begin(Begin::default())).unwrap();
+        assert_eq!(assembler.push(Event::Change(context_row(Op::Insert, "null"))), Ok(Step::Nothing));
+        assert_eq!(assembler.push(Event::Change(change(3))), Ok(Step::Change(change(3))));
+        // set_context after the first change updates the row: the whole transaction gets it.
+        assembler.push(Event::Change(context_row(Op::Update, r#"{"user":"alice"}"#))).unwrap();
+        let Ok(Step::Commit { txn, .. }) =
+            assembler.push(Event::Commit(Commit { end_lsn: Lsn(9), committed_at: None }))
+        else {
+            panic!("commit expected")
+        };
+        let context = serde_json::to_string(&txn.context).unwrap();
+        assert_eq!(context, r#"{"app":{"user":"alice"},"db_user":"web"}"#);
+        // The next transaction starts without one.
+        assembler.push(Event::Begin(Begin::default())).unwrap();
+        assert_eq!(assembler.current().unwrap().context, None);
     }
 
     #[test]

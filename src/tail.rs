@@ -1,18 +1,22 @@
 //! `pubsubpull tail`: a better `pg_recvlogical`. Streams a slot's changes as normalized change
 //! objects, one JSON object per line, whichever the plugin.
 //!
-//! Whole transactions only, in commit order. The slot is confirmed up to the end of the last
+//! Whole transactions only, in commit order, each change with its transaction's audit context
+//! (see [`crate::assemble`]). Where the pubsubpull schema is installed, only tracked tables'
+//! changes are written. The slot is confirmed up to the end of the last
 //! transaction whose lines were flushed to the output (and, between transactions, up to the
 //! server's position from keepalives, so that an idle slot does not pin WAL), never further: the
 //! next run continues after what this one wrote.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::assemble::{AssembleError, Assembler, SpillBuffer, Step, Transaction};
-use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin};
+use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin, TableName};
 use crate::lsn::Lsn;
 use crate::source::{self, ConnInfo, ReplicationConnection, ReplicationMessage, SourceError};
+use crate::tracking;
 
 /// How often the slot hears from us when nothing else makes us write (the server's default
 /// `wal_sender_timeout` is 60 s).
@@ -86,6 +90,7 @@ pub async fn tail(
         check_publication(&sql, &options.publication).await?;
     }
     let mut catalog = source::load_catalog(&sql).await?;
+    let tracked = tracking::tracked_tables(&sql).await.map_err(SourceError::from)?;
     let mut replication = ReplicationConnection::connect(conninfo).await?;
     let (slot, temporary) = match &options.slot {
         SlotChoice::Named(name) => (name.clone(), false),
@@ -105,6 +110,7 @@ pub async fn tail(
         decoder: options.plugin.decoder(),
         assembler: Assembler::default(),
         held: SpillBuffer::new(SPILL_MEMORY),
+        tracked,
         out: std::io::BufWriter::with_capacity(1 << 18, out),
         line: Vec::with_capacity(4096),
         written: Lsn::ZERO,
@@ -141,8 +147,10 @@ struct Run<W: Write> {
     endpos: Option<Lsn>,
     decoder: Box<dyn Decoder>,
     assembler: Assembler,
-    /// Lines of the current transaction while its commit time is unknown (test_decoding).
+    /// Lines of the current transaction while its commit time or context may still change.
     held: SpillBuffer,
+    /// The tables to pass on, where the pubsubpull schema says (None: every table).
+    tracked: Option<HashSet<TableName>>,
     out: std::io::BufWriter<W>,
     /// Scratch space for one line.
     line: Vec<u8>,
@@ -180,14 +188,19 @@ impl<W: Write> Run<W> {
                         &mut events,
                     )
                     .await?;
+                    let mut tracking_changed = false;
                     for event in events.drain(..) {
                         let step = self
                             .assembler
                             .push(event)
                             .map_err(|source| TailError::Assemble { lsn: data.wal_start, source })?;
+                        tracking_changed |= step == Step::TrackingChanged;
                         if self.apply(step)? == Flow::Stop {
                             return Ok(());
                         }
+                    }
+                    if tracking_changed {
+                        self.tracked = tracking::tracked_tables(sql).await.map_err(SourceError::from)?;
                     }
                 }
                 Next::Message(ReplicationMessage::Keepalive(keepalive)) => {
@@ -220,11 +233,15 @@ impl<W: Write> Run<W> {
                 }
             }
             Step::Change(change) => {
-                let txn = self.assembler.current().cloned().unwrap_or_default();
+                if self.tracked.as_ref().is_some_and(|tracked| !tracked.contains(&change.table)) {
+                    return Ok(Flow::Go);
+                }
+                let Some(txn) = self.assembler.current() else { return Ok(Flow::Go) };
                 self.summary.changes += 1;
-                encode_change(&mut self.line, &txn, &change);
-                if txn.committed_at.is_some() {
-                    write_line(&mut self.out, &self.line, &txn).map_err(TailError::Output)?;
+                encode_change(&mut self.line, txn, &change);
+                // Where context rows may come, the context is known only at COMMIT.
+                if txn.committed_at.is_some() && self.tracked.is_none() {
+                    write_line(&mut self.out, &self.line, txn).map_err(TailError::Output)?;
                 } else {
                     self.held.push(&self.line).map_err(TailError::Output)?;
                 }
@@ -238,7 +255,7 @@ impl<W: Write> Run<W> {
                 self.written = end_lsn;
                 self.summary.transactions += 1;
             }
-            Step::Nothing => {}
+            Step::TrackingChanged | Step::Nothing => {}
         }
         Ok(Flow::Go)
     }
@@ -290,8 +307,8 @@ async fn decode_message(
     }
 }
 
-/// The change object less its commit time, which test_decoding tells only at COMMIT: serialized
-/// without the closing brace, which [`write_line`] adds with the transaction's fields.
+/// The change object less what may be known only at COMMIT (commit time, context): serialized
+/// without the closing brace, which [`write_line`] adds with those fields.
 fn encode_change(line: &mut Vec<u8>, txn: &Transaction, change: &Change) {
     #[derive(serde::Serialize)]
     struct Body<'a> {
@@ -322,7 +339,10 @@ fn encode_change(line: &mut Vec<u8>, txn: &Transaction, change: &Change) {
 fn write_line(out: &mut impl Write, body: &[u8], txn: &Transaction) -> std::io::Result<()> {
     out.write_all(body)?;
     match txn.committed_at {
-        Some(at) => writeln!(out, ",\"committed_at\":\"{}\"}}", at.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
-        None => out.write_all(b",\"committed_at\":null}\n"),
+        Some(at) => write!(out, ",\"committed_at\":\"{}\"", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"))?,
+        None => out.write_all(b",\"committed_at\":null")?,
     }
+    out.write_all(b",\"context\":")?;
+    serde_json::to_writer(&mut *out, &txn.context)?;
+    out.write_all(b"}\n")
 }
