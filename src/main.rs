@@ -86,6 +86,9 @@ struct TailArgs {
     /// Exit once the stream has passed this LSN (like pg_recvlogical --endpos).
     #[arg(long)]
     endpos: Option<Lsn>,
+    /// With --slot: prune audit context rows older than this (e.g. 7d, 12h).
+    #[arg(long, env = "PUBSUBPULL_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    retention: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -141,6 +144,7 @@ async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
     let conninfo = ConnInfo::parse(&args.database.database_url).context("invalid --database-url")?;
     let options = TailOptions {
         plugin: args.plugin,
+        retention: args.slot.is_some().then_some(args.retention),
         slot: args.slot.map_or(SlotChoice::Temporary, SlotChoice::Named),
         publication: args.publication,
         endpos: args.endpos,

@@ -8,12 +8,11 @@
 //! server's position from keepalives, so that an idle slot does not pin WAL), never further: the
 //! next run continues after what this one wrote.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::assemble::{AssembleError, Assembler, SpillBuffer, Step, Transaction};
-use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin, TableName};
+use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin};
 use crate::lsn::Lsn;
 use crate::source::{self, ConnInfo, ReplicationConnection, ReplicationMessage, SourceError};
 use crate::tracking;
@@ -24,6 +23,9 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Memory a transaction's held lines may take before they go to a temporary file.
 const SPILL_MEMORY: usize = 8 << 20;
+
+/// How often a consumer with a retention prunes old context rows.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Which slot to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +46,9 @@ pub struct TailOptions {
     /// Stop before the first transaction whose commit ends past this position, or once the
     /// server has sent everything up to it.
     pub endpos: Option<Lsn>,
+    /// Prune `pubsubpull.context` rows older than this (consumers of a permanent slot keep the
+    /// table small; None: leave it alone).
+    pub retention: Option<Duration>,
 }
 
 /// What a run did.
@@ -111,6 +116,7 @@ pub async fn tail(
         assembler: Assembler::default(),
         held: SpillBuffer::new(SPILL_MEMORY),
         tracked,
+        retention: options.retention,
         out: std::io::BufWriter::with_capacity(1 << 18, out),
         line: Vec::with_capacity(4096),
         written: Lsn::ZERO,
@@ -149,8 +155,9 @@ struct Run<W: Write> {
     assembler: Assembler,
     /// Lines of the current transaction while its commit time or context may still change.
     held: SpillBuffer,
-    /// The tables to pass on, where the pubsubpull schema says (None: every table).
-    tracked: Option<HashSet<TableName>>,
+    /// When tables were tracked, where the pubsubpull schema says (None: pass on every table).
+    tracked: Option<tracking::Tracked>,
+    retention: Option<Duration>,
     out: std::io::BufWriter<W>,
     /// Scratch space for one line.
     line: Vec<u8>,
@@ -169,7 +176,14 @@ impl<W: Write> Run<W> {
     ) -> Result<(), TailError> {
         let mut events = Vec::new();
         let mut last_status = Instant::now();
+        let mut last_prune: Option<Instant> = None;
         loop {
+            if let (Some(retention), Some(_)) = (self.retention, &self.tracked) {
+                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                    prune_context(sql, retention).await?;
+                    last_prune = Some(Instant::now());
+                }
+            }
             let next = match tokio::time::timeout(STATUS_INTERVAL, self.stream.next()).await {
                 Ok(message) => message?.map_or(Next::End, Next::Message),
                 Err(_elapsed) => Next::Idle,
@@ -233,7 +247,7 @@ impl<W: Write> Run<W> {
                 }
             }
             Step::Change(change) => {
-                if self.tracked.as_ref().is_some_and(|tracked| !tracked.contains(&change.table)) {
+                if self.tracked.as_ref().is_some_and(|tracked| !tracked.contains(&change.table, change.lsn)) {
                     return Ok(Flow::Go);
                 }
                 let Some(txn) = self.assembler.current() else { return Ok(Flow::Go) };
@@ -282,6 +296,16 @@ enum Next {
 enum Flow {
     Go,
     Stop,
+}
+
+/// Deletes context rows older than `retention`. The stream does not need them (a transaction's
+/// context reaches us through the WAL); they stay only for audits in SQL.
+async fn prune_context(sql: &tokio_postgres::Client, retention: Duration) -> Result<(), SourceError> {
+    let row = sql
+        .query_one("SELECT pubsubpull.prune_context(make_interval(secs => $1))", &[&retention.as_secs_f64()])
+        .await?;
+    tracing::debug!(rows = row.get::<_, i64>(0), "pruned old context rows");
+    Ok(())
 }
 
 /// Decodes one message; on a catalog miss (a type or table created since we loaded it), reloads

@@ -2,11 +2,12 @@
 //! do the work, so that SQL and the command line behave alike) and the tracked set that filters the
 //! stream for plugins without publications.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
 use crate::decode::TableName;
+use crate::lsn::Lsn;
 
 /// pubsubpull's own tables, which reach the stream but are never passed on as changes.
 pub const CONTEXT_TABLE: (&str, &str) = ("pubsubpull", "context");
@@ -48,22 +49,42 @@ pub async fn untrack(client: &Client, tables: &[String]) -> Result<(), TrackErro
     Ok(())
 }
 
-/// The tracked tables, or None when the pubsubpull schema is not installed (then every table the
+/// When each table was tracked: the WAL periods from `track` to `untrack`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    periods: HashMap<TableName, Vec<(Lsn, Option<Lsn>)>>,
+}
+
+impl Tracked {
+    /// Whether a change of `table` at WAL position `lsn` is captured.
+    pub fn contains(&self, table: &TableName, lsn: Lsn) -> bool {
+        self.periods.get(table).is_some_and(|periods| {
+            periods.iter().any(|&(from, until)| from <= lsn && until.is_none_or(|until| lsn < until))
+        })
+    }
+}
+
+/// The tracking history, or None when the pubsubpull schema is not installed (then every table the
 /// slot sends is passed on).
-pub async fn tracked_tables(client: &Client) -> Result<Option<HashSet<TableName>>, tokio_postgres::Error> {
+pub async fn tracked_tables(client: &Client) -> Result<Option<Tracked>, tokio_postgres::Error> {
     if !is_migrated(client).await? {
         return Ok(None);
     }
     let rows = client
         .query(
-            "SELECT n.nspname::text, c.relname::text FROM pubsubpull.tracked t
-               JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace",
+            "SELECT schema_name, table_name, tracked_lsn::text, untracked_lsn::text FROM pubsubpull.tracked",
             &[],
         )
         .await?;
-    Ok(Some(
-        rows.iter().map(|row| TableName::new(row.get::<_, String>(0), row.get::<_, String>(1))).collect(),
-    ))
+    let mut tracked = Tracked::default();
+    for row in &rows {
+        let table = TableName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+        // pg_lsn's text always parses; a row that did not would be skipped, not guessed.
+        let Ok(from) = row.get::<_, String>(2).parse::<Lsn>() else { continue };
+        let until = row.get::<_, Option<String>>(3).and_then(|until| until.parse().ok());
+        tracked.periods.entry(table).or_default().push((from, until));
+    }
+    Ok(Some(tracked))
 }
 
 async fn is_migrated(client: &Client) -> Result<bool, tokio_postgres::Error> {
@@ -88,5 +109,23 @@ fn refused(table: &str, err: tokio_postgres::Error) -> TrackError {
             hint: db.hint().map(str::to_owned),
         },
         None => TrackError::Sql(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_is_tracked_within_its_periods() {
+        let table = TableName::new("public", "t");
+        let mut tracked = Tracked::default();
+        tracked.periods.insert(table.clone(), vec![(Lsn(10), Some(Lsn(20))), (Lsn(30), None)]);
+        let at = |lsn| tracked.contains(&table, Lsn(lsn));
+        assert_eq!(
+            [at(9), at(10), at(19), at(20), at(29), at(30), at(1000)],
+            [false, true, true, false, false, true, true]
+        );
+        assert!(!tracked.contains(&TableName::new("public", "other"), Lsn(15)));
     }
 }

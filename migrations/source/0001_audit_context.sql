@@ -15,11 +15,18 @@ CREATE INDEX context_created_at ON pubsubpull.context USING brin (created_at);
 COMMENT ON TABLE pubsubpull.context IS
     'One row per transaction that changed a tracked table: who made it, through which request.';
 
+-- The tables pubsubpull captures, with the WAL positions from which and until which it did: a
+-- stream read later (or again) passes on a change only if its table was tracked at that position.
 CREATE TABLE pubsubpull.tracked (
-    relid oid PRIMARY KEY,
-    tracked_at timestamptz NOT NULL DEFAULT now()
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relid oid NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    tracked_lsn pg_lsn NOT NULL DEFAULT pg_current_wal_insert_lsn(),
+    untracked_lsn pg_lsn
 );
-COMMENT ON TABLE pubsubpull.tracked IS 'The tables pubsubpull captures (see pubsubpull.track).';
+CREATE UNIQUE INDEX tracked_now ON pubsubpull.tracked (relid) WHERE untracked_lsn IS NULL;
+COMMENT ON TABLE pubsubpull.tracked IS 'The tables pubsubpull captures, and since when (see pubsubpull.track).';
 
 -- The streamer reads the context and the registry through the slot, in step with the changes.
 CREATE PUBLICATION pubsubpull FOR TABLE pubsubpull.context, pubsubpull.tracked;
@@ -67,7 +74,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     rel record;
 BEGIN
-    SELECT c.relkind, c.relreplident, n.nspname,
+    SELECT c.relkind, c.relreplident, n.nspname, c.relname,
            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
                    AND (i.indisprimary AND c.relreplident = 'd' OR i.indisreplident AND c.relreplident = 'i'))
                AS has_identity
@@ -93,7 +100,8 @@ BEGIN
                     WHERE p.pubname = 'pubsubpull' AND pr.prrelid = target) THEN
         EXECUTE format('ALTER PUBLICATION pubsubpull ADD TABLE %s', target);
     END IF;
-    INSERT INTO pubsubpull.tracked (relid) VALUES (target) ON CONFLICT (relid) DO NOTHING;
+    INSERT INTO pubsubpull.tracked (relid, schema_name, table_name) VALUES (target, rel.nspname, rel.relname)
+        ON CONFLICT (relid) WHERE untracked_lsn IS NULL DO NOTHING;
 END $$;
 
 -- Stops capturing a table: the reverse of track. Its replica identity is left as it is.
@@ -105,7 +113,8 @@ BEGIN
                 WHERE p.pubname = 'pubsubpull' AND pr.prrelid = target) THEN
         EXECUTE format('ALTER PUBLICATION pubsubpull DROP TABLE %s', target);
     END IF;
-    DELETE FROM pubsubpull.tracked WHERE relid = target;
+    UPDATE pubsubpull.tracked SET untracked_lsn = pg_current_wal_insert_lsn()
+     WHERE relid = target AND untracked_lsn IS NULL;
 END $$;
 
 -- Removes context rows older than `retention`; the streamer calls it.

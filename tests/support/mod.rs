@@ -17,9 +17,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// TCP port of the test cluster (override with `PUBSUBPULL_TEST_PGPORT`).
+/// TCP port of the test cluster: `PUBSUBPULL_TEST_PGPORT`, else one derived from the checkout's
+/// path, so that two checkouts on one machine (a developer's and CI's) never share a cluster.
 pub fn port() -> u16 {
-    std::env::var("PUBSUBPULL_TEST_PGPORT").ok().and_then(|p| p.parse().ok()).unwrap_or(55432)
+    std::env::var("PUBSUBPULL_TEST_PGPORT").ok().and_then(|p| p.parse().ok()).unwrap_or_else(|| {
+        let hash = env!("CARGO_MANIFEST_DIR").bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+        40000 + (hash % 20000) as u16
+    })
 }
 
 /// Password of every password-authenticated test role.

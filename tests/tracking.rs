@@ -1,0 +1,142 @@
+//! `pubsubpull migrate`, `track` and `untrack` as a user runs them: idempotent and concurrent
+//! migrations, tables refused with the fix in the message, the publication kept equal to the
+//! tracked set, untracked tables kept out of the output, and old context rows pruned.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::TestDb;
+
+fn pubsubpull(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pubsubpull")).args(args).output().expect("run pubsubpull")
+}
+
+fn ok(output: Output) -> Output {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+#[test]
+fn migrate_is_idempotent_and_safe_to_run_concurrently() {
+    let db = TestDb::new();
+    let url = db.url();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+                .args(["migrate", "--database-url", &url])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut run in runs {
+        assert!(run.wait().unwrap().success());
+    }
+    ok(pubsubpull(&["migrate", "--database-url", &url]));
+    assert_eq!(db.sql("SELECT target, version FROM pubsubpull.schema_migrations"), "source|1");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_publication WHERE pubname = 'pubsubpull'"), "1");
+}
+
+#[test]
+fn track_keeps_trigger_publication_and_registry_in_step() {
+    let db = TestDb::new();
+    let url = db.url();
+    let not_migrated = pubsubpull(&["track", "--database-url", &url, "t"]);
+    assert!(String::from_utf8_lossy(&not_migrated.stderr).contains("run `pubsubpull migrate` first"));
+    ok(pubsubpull(&["migrate", "--database-url", &url]));
+    db.sql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE \"Odd Name\" (id int PRIMARY KEY); CREATE TABLE keyless (v text)");
+
+    ok(pubsubpull(&["track", "--database-url", &url, "t", "\"Odd Name\""]));
+    let published = "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_publication_tables \
+                     WHERE pubname = 'pubsubpull' AND schemaname = 'public'";
+    assert_eq!(db.sql(published), "Odd Name,t");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pubsubpull_context'"), "2");
+    let registry = "SELECT string_agg(relid::regclass::text, ',' ORDER BY relid::regclass::text) \
+                    FROM pubsubpull.tracked WHERE untracked_lsn IS NULL";
+    assert_eq!(db.sql(registry), "\"Odd Name\",t");
+
+    let refused = pubsubpull(&["track", "--database-url", &url, "keyless"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("no primary key or replica identity") && message.contains("--replica-identity-full"),
+        "{message}"
+    );
+    let missing =
+        String::from_utf8_lossy(&pubsubpull(&["track", "--database-url", &url, "nope"]).stderr).into_owned();
+    assert!(missing.contains("relation \"nope\" does not exist"), "{missing}");
+    ok(pubsubpull(&["track", "--database-url", &url, "--replica-identity-full", "keyless"]));
+    assert_eq!(db.sql("SELECT relreplident FROM pg_class WHERE relname = 'keyless'"), "f");
+
+    ok(pubsubpull(&["untrack", "--database-url", &url, "t", "keyless"]));
+    assert_eq!(db.sql(published), "Odd Name");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pubsubpull_context'"), "1");
+    assert_eq!(db.sql(registry), "\"Odd Name\"");
+}
+
+#[test]
+fn only_tracked_tables_reach_the_output_as_tracking_changes() {
+    for plugin in ["pgoutput", "test_decoding"] {
+        let db = TestDb::new();
+        let url = db.url();
+        ok(pubsubpull(&["migrate", "--database-url", &url]));
+        db.sql("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)");
+        ok(pubsubpull(&["track", "--database-url", &url, "a"]));
+        let slot = db.slot(plugin);
+        db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', '{plugin}')"));
+        db.sql("INSERT INTO a VALUES (1)");
+        db.sql("INSERT INTO b VALUES (1)");
+        ok(pubsubpull(&["untrack", "--database-url", &url, "a"]));
+        ok(pubsubpull(&["track", "--database-url", &url, "b"]));
+        db.sql("INSERT INTO a VALUES (2)");
+        db.sql("INSERT INTO b VALUES (2)");
+        let output = ok(pubsubpull(&[
+            "tail",
+            "--database-url",
+            &url,
+            "--plugin",
+            plugin,
+            "--slot",
+            &slot,
+            "--endpos",
+            &db.current_lsn(),
+        ]));
+        let seen: Vec<(String, i64)> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .map(|c| (c["table"].as_str().unwrap().to_owned(), c["new"]["id"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(seen, [("public.a".to_owned(), 1), ("public.b".to_owned(), 2)], "{plugin}");
+    }
+}
+
+#[test]
+fn a_consumer_of_a_permanent_slot_prunes_old_context_rows() {
+    let db = TestDb::new();
+    let url = db.url();
+    ok(pubsubpull(&["migrate", "--database-url", &url]));
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    ok(pubsubpull(&["track", "--database-url", &url, "t"]));
+    db.sql("INSERT INTO t VALUES (1)");
+    db.sql("INSERT INTO t VALUES (2)");
+    db.sql("UPDATE pubsubpull.context SET created_at = now() - interval '2 days' WHERE xid = (SELECT min(xid) FROM pubsubpull.context)");
+    let slot = db.slot("prune");
+    ok(pubsubpull(&[
+        "tail",
+        "--database-url",
+        &url,
+        "--slot",
+        &slot,
+        "--retention",
+        "1d",
+        "--endpos",
+        &db.current_lsn(),
+    ]));
+    assert_eq!(
+        db.sql("SELECT count(*) FROM pubsubpull.context"),
+        "1",
+        "the old row pruned, the recent one kept"
+    );
+}
