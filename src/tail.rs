@@ -308,8 +308,9 @@ async fn prune_context(sql: &tokio_postgres::Client, retention: Duration) -> Res
     Ok(())
 }
 
-/// Decodes one message; on a catalog miss (a type or table created since we loaded it), reloads
-/// the catalog once and decodes again.
+/// Decodes one message. On a catalog miss (a type or table created since we loaded it), reloads
+/// the catalog and decodes again; what the database no longer knows at all (dropped since the WAL
+/// was written) is then taken as text, or as a table without a key, with a warning.
 async fn decode_message(
     decoder: &mut dyn Decoder,
     plugin: Plugin,
@@ -320,15 +321,28 @@ async fn decode_message(
     events: &mut Vec<decode::Event>,
 ) -> Result<(), TailError> {
     let error = |source| TailError::Decode { plugin: plugin.name(), lsn, source };
-    match decoder.decode(lsn, data, catalog, events) {
-        Ok(()) => Ok(()),
-        Err(miss) if miss.is_catalog_miss() => {
-            tracing::debug!(lsn = %lsn, error = %miss, "reloading the catalog");
-            *catalog = source::load_catalog(sql).await?;
-            decoder.decode(lsn, data, catalog, events).map_err(error)
+    let mut reloaded = false;
+    // Each assumption settles one missing name, and a message names finitely many.
+    for _ in 0..10_000 {
+        match decoder.decode(lsn, data, catalog, events) {
+            Ok(()) => return Ok(()),
+            Err(miss) if miss.is_catalog_miss() && !reloaded => {
+                tracing::debug!(lsn = %lsn, error = %miss, "reloading the catalog");
+                *catalog = source::load_catalog(sql).await?;
+                reloaded = true;
+            }
+            Err(DecodeError::UnknownTable(table)) => {
+                tracing::warn!(lsn = %lsn, table = %table, "table not in the database any more: its changes have no key");
+                catalog.assume_keyless(table);
+            }
+            Err(DecodeError::UnknownType(ty)) => {
+                tracing::warn!(lsn = %lsn, r#type = %ty, "type not in the database any more: its values are text");
+                catalog.assume_text(&ty);
+            }
+            Err(other) => return Err(error(other)),
         }
-        Err(other) => Err(error(other)),
     }
+    Err(error(DecodeError::Malformed { at: 0, expected: "a message naming fewer types and tables" }))
 }
 
 /// The change object less what may be known only at COMMIT (commit time, context): serialized

@@ -100,3 +100,22 @@ fn lsn(text: &str) -> u64 {
     let (high, low) = text.split_once('/').expect("LSN");
     (u64::from_str_radix(high, 16).unwrap() << 32) | u64::from_str_radix(low, 16).unwrap()
 }
+
+#[test]
+fn a_table_and_type_dropped_since_the_change_still_come_out() {
+    let db = TestDb::new();
+    db.sql("CREATE DOMAIN code AS text; CREATE TABLE gone (id int PRIMARY KEY, c code)");
+    let slot = db.slot("dropped");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')"));
+    db.sql("INSERT INTO gone VALUES (1, 'x')");
+    db.sql("DROP TABLE gone; DROP DOMAIN code");
+    db.sql("CREATE TABLE kept (id int PRIMARY KEY)");
+    db.sql("INSERT INTO kept VALUES (2)");
+    let output = tail(&db, &["--plugin", "test_decoding", "--slot", &slot, "--endpos", &db.current_lsn()]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not in the database any more"));
+    let changes = changes(&output);
+    assert_eq!(changes.len(), 2, "the stream goes on past what was dropped");
+    assert_eq!(changes[0]["new"], serde_json::json!({"id": 1, "c": "x"}));
+    assert_eq!(changes[0]["key"], Value::Null, "the key of a dropped table is unknown");
+    assert_eq!(changes[1]["new"]["id"], 2);
+}

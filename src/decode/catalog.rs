@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use super::value::{Scalar, TypeKind};
-use super::TableName;
+use super::{TableName, TypeRef};
 
 /// One row of `pg_type`, as much as the mapping needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +104,19 @@ impl Catalog {
     /// Records what identifies `table`'s rows.
     pub fn set_table(&mut self, table: TableName, info: TableInfo) {
         self.tables.insert(table, info);
+    }
+
+    /// Maps a type the database no longer knows (dropped since the WAL was written) as text.
+    pub fn assume_text(&mut self, ty: &TypeRef) {
+        match ty {
+            TypeRef::Oid(oid) => self.by_oid.insert(*oid, TypeKind::TEXT),
+            TypeRef::Name(name) => self.by_name.insert(name.clone(), TypeKind::TEXT),
+        };
+    }
+
+    /// Records a table the database no longer knows (dropped since) as having no key.
+    pub fn assume_keyless(&mut self, table: TableName) {
+        self.tables.entry(table).or_insert(TableInfo { key: KeyColumns::None, full_identity: false });
     }
 
     /// The mapping of type `oid`, if known.

@@ -244,6 +244,24 @@ fn write_identifier(f: &mut fmt::Formatter<'_>, ident: &str) -> fmt::Result {
     }
 }
 
+/// A type as a plugin names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeRef {
+    /// By OID (pgoutput, wal2json).
+    Oid(u32),
+    /// By `format_type` name (test_decoding).
+    Name(String),
+}
+
+impl fmt::Display for TypeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TypeRef::Oid(oid) => write!(f, "with oid {oid}"),
+            TypeRef::Name(name) => write!(f, "{name:?}"),
+        }
+    }
+}
+
 /// Microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's epoch) as a time.
 pub fn timestamp_from_pg_micros(micros: i64) -> Option<Timestamp> {
     const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
@@ -273,7 +291,7 @@ pub enum DecodeError {
     #[error("change for relation {0} before its Relation message")]
     UnknownRelation(u32),
     #[error("type {0} is not in the catalog")]
-    UnknownType(String),
+    UnknownType(TypeRef),
     #[error("table {0} is not in the catalog")]
     UnknownTable(TableName),
     #[error("column {column}: {source}")]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use super::value::decode_text;
 use super::{
     timestamp_from_pg_micros, Begin, Catalog, Change, Commit, DecodeError, Decoder, Event, Message, Op, Row,
-    TableName, Value, Xid,
+    TableName, TypeRef, Value, Xid,
 };
 use crate::lsn::Lsn;
 
@@ -481,7 +481,7 @@ fn decode_value(
 ) -> Result<Value, DecodeError> {
     let kind = catalog
         .type_by_oid(column.type_oid)
-        .ok_or_else(|| DecodeError::UnknownType(format!("oid {}", column.type_oid)))?;
+        .ok_or_else(|| DecodeError::UnknownType(TypeRef::Oid(column.type_oid)))?;
     let text =
         std::str::from_utf8(bytes).map_err(|err| DecodeError::InvalidUtf8 { at: at + err.valid_up_to() })?;
     decode_text(kind, text).map_err(|source| DecodeError::Value { column: column.name.to_string(), source })
@@ -1030,7 +1030,7 @@ mod tests {
             TableInfo { key: KeyColumns::Columns(vec!["id".into()]), full_identity: false },
         );
         let err = decode_one(&mut decoder, &catalog, &insert.1).unwrap_err();
-        assert!(matches!(&err, DecodeError::UnknownType(t) if t == "oid 16489"), "{err:?}");
+        assert!(matches!(&err, DecodeError::UnknownType(TypeRef::Oid(16489))), "{err:?}");
         assert!(err.is_catalog_miss());
         let events = decode_one(&mut decoder, &fixtures::catalog(), &insert.1).unwrap();
         assert!(

@@ -24,7 +24,7 @@ use super::names::Names;
 use super::value::decode_text;
 use super::{
     parse_pg_timestamptz, Begin, Catalog, Change, Commit, DecodeError, Decoder, Event, Message, Op, Row,
-    TableInfo, TableName, Value,
+    TableInfo, TableName, TypeRef, Value,
 };
 use crate::lsn::Lsn;
 
@@ -188,7 +188,7 @@ impl TestDecodingDecoder {
             let type_name = line.type_name()?;
             let kind = catalog
                 .type_by_name(type_name)
-                .ok_or_else(|| DecodeError::UnknownType(type_name.to_owned()))?;
+                .ok_or_else(|| DecodeError::UnknownType(TypeRef::Name(type_name.to_owned())))?;
             let datum = line.datum()?;
             let name = self.names.column(&name);
             match datum {

@@ -30,7 +30,7 @@ use super::names::Names;
 use super::value::{decode_text, TypeKind};
 use super::{
     parse_pg_timestamptz, Begin, Catalog, Change, Commit, DecodeError, Decoder, Event, Message, Op, Row,
-    TableInfo, TableName, Timestamp, Value, Xid,
+    TableInfo, TableName, Timestamp, TypeRef, Value, Xid,
 };
 use crate::lsn::Lsn;
 
@@ -85,8 +85,6 @@ struct Object<'a> {
 struct Column<'a> {
     #[serde(borrow)]
     name: &'a RawValue,
-    #[serde(rename = "type", borrow)]
-    type_name: Option<&'a RawValue>,
     typeoid: Option<u32>,
     #[serde(borrow)]
     value: &'a RawValue,
@@ -198,10 +196,7 @@ impl Wal2jsonDecoder {
                 at: offset(text, column.name.get()),
                 expected: "a \"typeoid\" in every column (option include-type-oids)",
             })?;
-            let kind = catalog.type_by_oid(oid).ok_or_else(|| {
-                let type_name = column.type_name.and_then(|t| json_str(text, t).ok()).unwrap_or_default();
-                DecodeError::UnknownType(format!("{type_name} (oid {oid})"))
-            })?;
+            let kind = catalog.type_by_oid(oid).ok_or(DecodeError::UnknownType(TypeRef::Oid(oid)))?;
             let value = decode_value(text, &name, kind, oid, column.value)?;
             row.push((self.names.column(&name), value));
         }
