@@ -481,7 +481,7 @@ fn decode_value(
 ) -> Result<Value, DecodeError> {
     let kind = catalog
         .type_by_oid(column.type_oid)
-        .ok_or_else(|| DecodeError::UnknownType(TypeRef::Oid(column.type_oid)))?;
+        .ok_or(DecodeError::UnknownType(TypeRef::Oid(column.type_oid)))?;
     let text =
         std::str::from_utf8(bytes).map_err(|err| DecodeError::InvalidUtf8 { at: at + err.valid_up_to() })?;
     decode_text(kind, text).map_err(|source| DecodeError::Value { column: column.name.to_string(), source })

@@ -681,7 +681,10 @@ mod tests {
                 b"table public.plain: INSERT: v[text]:'a'b",
                 "at byte 39: expected a space before the next column",
             ),
-            (b"table public.plain: INSERT: id[no such type]:1", "type no such type is not in the catalog"),
+            (
+                b"table public.plain: INSERT: id[no such type]:1",
+                "type \"no such type\" is not in the catalog",
+            ),
             (b"table public.nowhere: INSERT: id[integer]:1", "table public.nowhere is not in the catalog"),
             (b"table public.plain: INSERT: v[text]:'\xff'", "invalid UTF-8 at byte 37"),
             (

@@ -484,7 +484,7 @@ mod tests {
             (change(&column(23, "[1]")).into_bytes(), "expected a string, number, boolean or null value"),
             (change(&column(23, "01")).into_bytes(), "invalid JSON"),
             (change(&column(16, "\"maybe\"")).into_bytes(), "not valid boolean"),
-            (change(&column(999_999, "1")).into_bytes(), "type x (oid 999999) is not in the catalog"),
+            (change(&column(999_999, "1")).into_bytes(), "type with oid 999999 is not in the catalog"),
             (change(r#"{"name":"id","value":1}"#).into_bytes(), "typeoid"),
             (
                 change(&column(23, "1")).replace("plain", "nowhere").into_bytes(),
