@@ -130,3 +130,37 @@ async fn every_change_carries_its_own_transactions_context() {
         "a context without changes leaves no row"
     );
 }
+
+/// A transaction too big for memory whose context is set after its last change: every change
+/// still gets that context, and the process stays small (the changes wait in a temporary file).
+#[test]
+fn a_huge_transaction_gets_its_late_context_in_bounded_memory() {
+    let db = TestDb::new();
+    pubsubpull(&["migrate", "--database-url", &db.url()]);
+    db.sql("CREATE TABLE bulk (id int PRIMARY KEY, label text)");
+    pubsubpull(&["track", "--database-url", &db.url(), "bulk"]);
+    let slot = db.slot("bulk");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    db.sql(
+        "BEGIN; INSERT INTO bulk SELECT g, repeat('x', 100) FROM generate_series(1, 300000) g; \
+         SELECT pubsubpull.set_context('{\"job\": \"import\"}'); COMMIT;",
+    );
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "peak_kib=%M", env!("CARGO_BIN_EXE_pubsubpull"), "tail", "--database-url", &db.url()])
+        .args(["--slot", &slot, "--endpos", &db.current_lsn()])
+        .output()
+        .expect("run pubsubpull tail under /usr/bin/time");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let mut count = 0;
+    for line in stdout.lines() {
+        let change: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(change["context"]["app"], json!({"job": "import"}));
+        count += 1;
+    }
+    assert_eq!(count, 300_000);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let peak_kib: u64 =
+        stderr.rsplit("peak_kib=").next().and_then(|s| s.trim().parse().ok()).expect("peak memory");
+    assert!(peak_kib < 64 * 1024, "peak memory {peak_kib} KiB");
+}
