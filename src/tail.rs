@@ -123,8 +123,11 @@ pub async fn tail(
         confirmed: Lsn::ZERO,
         summary: TailSummary::default(),
     };
-    run.stream_until_done(&sql, &mut catalog).await?;
-    run.confirm().await?;
+    match run.stream_until_done(&sql, &mut catalog).await? {
+        Stopped::AtEndpos | Stopped::Signal => run.confirm().await?,
+        // The server is gone: nobody is left to confirm to; what we wrote must still be flushed.
+        Stopped::ByServer => run.out.flush().map_err(TailError::Output)?,
+    }
     run.summary.confirmed = run.confirmed;
     let summary = run.summary.clone();
     run.stream.finish().await?;
@@ -173,10 +176,12 @@ impl<W: Write> Run<W> {
         &mut self,
         sql: &tokio_postgres::Client,
         catalog: &mut Catalog,
-    ) -> Result<(), TailError> {
+    ) -> Result<Stopped, TailError> {
         let mut events = Vec::new();
         let mut last_status = Instant::now();
         let mut last_prune: Option<Instant> = None;
+        let stop_signal = stop_signal();
+        tokio::pin!(stop_signal);
         loop {
             if let (Some(retention), Some(_)) = (self.retention, &self.tracked) {
                 if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
@@ -184,12 +189,16 @@ impl<W: Write> Run<W> {
                     last_prune = Some(Instant::now());
                 }
             }
-            let next = match tokio::time::timeout(STATUS_INTERVAL, self.stream.next()).await {
-                Ok(message) => message?.map_or(Next::End, Next::Message),
-                Err(_elapsed) => Next::Idle,
+            let next = tokio::select! {
+                // Cancel-safe: the stream loses no data when a signal wins the race.
+                _ = &mut stop_signal => return Ok(Stopped::Signal),
+                next = tokio::time::timeout(STATUS_INTERVAL, self.stream.next()) => match next {
+                    Ok(message) => message?.map_or(Next::End, Next::Message),
+                    Err(_elapsed) => Next::Idle,
+                },
             };
             match next {
-                Next::End => return Ok(()),
+                Next::End => return Ok(Stopped::ByServer),
                 Next::Idle => {}
                 Next::Message(ReplicationMessage::XLogData(data)) => {
                     decode_message(
@@ -210,7 +219,7 @@ impl<W: Write> Run<W> {
                             .map_err(|source| TailError::Assemble { lsn: data.wal_start, source })?;
                         tracking_changed |= step == Step::TrackingChanged;
                         if self.apply(step)? == Flow::Stop {
-                            return Ok(());
+                            return Ok(Stopped::AtEndpos);
                         }
                     }
                     if tracking_changed {
@@ -222,7 +231,7 @@ impl<W: Write> Run<W> {
                         // Every transaction the server decoded up to here has been written.
                         self.written = self.written.max(keepalive.wal_end);
                         if self.endpos.is_some_and(|end| keepalive.wal_end >= end) {
-                            return Ok(());
+                            return Ok(Stopped::AtEndpos);
                         }
                     }
                     if keepalive.reply_requested {
@@ -290,6 +299,26 @@ enum Next {
     Idle,
     /// The server ended the stream.
     End,
+}
+
+/// Why streaming stopped.
+enum Stopped {
+    /// `--endpos` was reached.
+    AtEndpos,
+    /// The server ended the stream (it shuts down).
+    ByServer,
+    /// SIGINT or SIGTERM.
+    Signal,
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM, so that tail stops after confirming what it wrote.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        Ok(()) = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }
 
 #[derive(PartialEq, Eq)]

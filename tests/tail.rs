@@ -119,3 +119,26 @@ fn a_table_and_type_dropped_since_the_change_still_come_out() {
     assert_eq!(changes[0]["key"], Value::Null, "the key of a dropped table is unknown");
     assert_eq!(changes[1]["new"]["id"], 2);
 }
+
+#[test]
+fn sigterm_stops_tail_after_confirming_what_it_wrote() {
+    let db = TestDb::new();
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    let slot = db.slot("sigterm");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')"));
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["tail", "--database-url", &db.url(), "--plugin", "test_decoding", "--slot", &slot])
+        .stdout(out.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    db.sql("INSERT INTO t VALUES (1)");
+    let end = db.current_lsn();
+    let wrote = || std::fs::read_to_string(out.path()).unwrap().lines().count() == 1;
+    // Lines are flushed at least every status interval (1 s).
+    support::wait_until("the change on stdout", std::time::Duration::from_secs(10), wrote);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "tail exits cleanly on SIGTERM");
+    assert!(lsn(&confirmed_flush(&db, &slot)) >= lsn(&end), "what it wrote is confirmed");
+}
