@@ -29,6 +29,8 @@ pub struct Transaction {
     pub committed_at: Option<Timestamp>,
     /// The transaction's `pubsubpull.context` row (less its key and time), as last written.
     pub context: Option<Row>,
+    /// Nothing above can change any more before COMMIT: a consumer may pass changes on at once.
+    pub settled: bool,
 }
 
 /// What an event means for the transaction stream.
@@ -61,9 +63,17 @@ pub enum AssembleError {
 #[derive(Debug, Default)]
 pub struct Assembler {
     current: Option<Transaction>,
+    /// Context rows may come (the pubsubpull schema is installed), so a transaction's context is
+    /// sure only at COMMIT.
+    joins_context: bool,
 }
 
 impl Assembler {
+    /// An assembler for a database where context rows may (`joins_context`) or cannot appear.
+    pub fn new(joins_context: bool) -> Assembler {
+        Assembler { current: None, joins_context }
+    }
+
     /// The transaction in progress, if any.
     pub fn current(&self) -> Option<&Transaction> {
         self.current.as_ref()
@@ -81,7 +91,8 @@ impl Assembler {
                 if self.current.is_some() {
                     return Err(AssembleError::NestedBegin);
                 }
-                self.current = Some(Transaction { xid, final_lsn, committed_at, context: None });
+                let settled = committed_at.is_some() && !self.joins_context;
+                self.current = Some(Transaction { xid, final_lsn, committed_at, context: None, settled });
                 Ok(Step::Begin)
             }
             Event::Change(change) => {
@@ -100,6 +111,7 @@ impl Assembler {
             Event::Commit(Commit { end_lsn, committed_at }) => {
                 let mut txn = self.current.take().ok_or(AssembleError::OutsideTransaction("COMMIT"))?;
                 txn.committed_at = committed_at.or(txn.committed_at);
+                txn.settled = true;
                 Ok(Step::Commit { txn, end_lsn })
             }
             // Non-transactional messages arrive outside transactions; we pass on none of them.
@@ -213,7 +225,8 @@ mod tests {
         assert_eq!(assembler.push(Event::Change(change(1))), Ok(Step::Change(change(1))));
         let at = crate::decode::timestamp_from_pg_micros(1);
         let step = assembler.push(Event::Commit(Commit { end_lsn: Lsn(9), committed_at: at }));
-        let txn = Transaction { xid: Some(7), final_lsn: None, committed_at: at, context: None };
+        let txn =
+            Transaction { xid: Some(7), final_lsn: None, committed_at: at, context: None, settled: true };
         assert_eq!(step, Ok(Step::Commit { txn, end_lsn: Lsn(9) }));
         assert!(assembler.is_idle());
     }
@@ -231,7 +244,7 @@ mod tests {
 
     #[test]
     fn joins_the_last_context_row_of_the_transaction() {
-        let mut assembler = Assembler::default();
+        let mut assembler = Assembler::new(true);
         assembler.push(Event::Begin(Begin::default())).unwrap();
         assert_eq!(assembler.push(Event::Change(context_row(Op::Insert, "null"))), Ok(Step::Nothing));
         assert_eq!(assembler.push(Event::Change(change(3))), Ok(Step::Change(change(3))));

@@ -7,6 +7,7 @@
 //! - [`source`]: the replication connection (startup, authentication, TLS, slot, streaming, feedback);
 //! - [`decode`]: plugin output to [`decode::Change`]s, the same for every plugin;
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
+//! - [`pipeline`]: the streaming loop every consumer shares, and the [`pipeline::Sink`] seam;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
 
@@ -14,6 +15,7 @@ pub mod assemble;
 pub mod decode;
 pub mod lsn;
 pub mod migrate;
+pub mod pipeline;
 pub mod source;
 pub mod tail;
 pub mod tracking;

@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use pubsubpull::decode::Plugin;
 use pubsubpull::lsn::Lsn;
+use pubsubpull::pipeline::{SlotChoice, StreamOptions};
 use pubsubpull::source::ConnInfo;
-use pubsubpull::tail::{self, SlotChoice, TailOptions};
+use pubsubpull::tail;
 use pubsubpull::{migrate, tracking};
 
 #[derive(Parser)]
@@ -142,7 +143,7 @@ async fn run_untrack(args: UntrackArgs) -> anyhow::Result<()> {
 
 async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
     let conninfo = ConnInfo::parse(&args.database.database_url).context("invalid --database-url")?;
-    let options = TailOptions {
+    let options = StreamOptions {
         plugin: args.plugin,
         retention: args.slot.is_some().then_some(args.retention),
         slot: args.slot.map_or(SlotChoice::Temporary, SlotChoice::Named),
