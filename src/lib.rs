@@ -8,14 +8,18 @@
 //! - [`decode`]: plugin output to [`decode::Change`]s, the same for every plugin;
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
 //! - [`pipeline`]: the streaming loop every consumer shares, and the [`pipeline::Sink`] seam;
+//! - [`feed`], [`run`]: the feed store and the streamer that fills it;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
 
 pub mod assemble;
 pub mod decode;
+pub mod feed;
 pub mod lsn;
 pub mod migrate;
+pub mod object;
 pub mod pipeline;
+pub mod run;
 pub mod source;
 pub mod tail;
 pub mod tracking;

@@ -10,7 +10,7 @@ use pubsubpull::lsn::Lsn;
 use pubsubpull::pipeline::{SlotChoice, StreamOptions};
 use pubsubpull::source::ConnInfo;
 use pubsubpull::tail;
-use pubsubpull::{migrate, tracking};
+use pubsubpull::{migrate, run, tracking};
 
 #[derive(Parser)]
 #[command(name = "pubsubpull", version, about = "PostgreSQL change streamer: publish, subscribe, pull")]
@@ -30,14 +30,40 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or upgrade the pubsubpull schema (idempotent).
-    Migrate(DatabaseArgs),
+    /// Create or upgrade the pubsubpull schema in the source and feed databases (idempotent).
+    Migrate(MigrateArgs),
     /// Start capturing tables: context trigger, publication membership, registry row.
     Track(TrackArgs),
     /// Stop capturing tables.
     Untrack(UntrackArgs),
     /// Print the slot's changes as NDJSON change objects on stdout (a better pg_recvlogical).
     Tail(TailArgs),
+    /// The streamer: every change of the tracked tables into the feed, exactly once.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Feed database (defaults to the source database).
+    #[arg(long, env = "PUBSUBPULL_FEED_DATABASE_URL", hide_env_values = true)]
+    feed_database_url: Option<String>,
+    /// Output plugin of the slot.
+    #[arg(long, env = "PUBSUBPULL_PLUGIN", value_enum, default_value_t = Plugin::Pgoutput)]
+    plugin: Plugin,
+    /// The streamer's slot, created when missing.
+    #[arg(long, env = "PUBSUBPULL_SLOT", default_value = "pubsubpull")]
+    slot: String,
+    /// Publication that pgoutput reads (the one `track` maintains).
+    #[arg(long, default_value = "pubsubpull")]
+    publication: String,
+    /// Prune audit context rows older than this.
+    #[arg(long, env = "PUBSUBPULL_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    retention: std::time::Duration,
+    /// Exit once the feed holds everything up to this LSN (for tests and benchmarks).
+    #[arg(long)]
+    endpos: Option<Lsn>,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +71,15 @@ struct DatabaseArgs {
     /// Source database (libpq URL or key=value connection string).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: String,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Feed database (defaults to the source database).
+    #[arg(long, env = "PUBSUBPULL_FEED_DATABASE_URL", hide_env_values = true)]
+    feed_database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -104,6 +139,7 @@ fn main() -> ExitCode {
             Command::Track(args) => runtime.block_on(run_track(args)),
             Command::Untrack(args) => runtime.block_on(run_untrack(args)),
             Command::Tail(args) => runtime.block_on(run_tail(args)),
+            Command::Run(args) => runtime.block_on(run_streamer(args)),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,10 +156,35 @@ async fn sql_client(args: &DatabaseArgs) -> anyhow::Result<tokio_postgres::Clien
     Ok(conninfo.connect_sql().await?)
 }
 
-async fn run_migrate(args: DatabaseArgs) -> anyhow::Result<()> {
-    let mut client = sql_client(&args).await?;
-    let applied = migrate::migrate(&mut client, "source", migrate::SOURCE).await?;
-    tracing::info!(applied = applied.len(), "schema up to date");
+async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let mut source = sql_client(&args.database).await?;
+    let applied = migrate::migrate(&mut source, "source", migrate::SOURCE).await?;
+    tracing::info!(applied = applied.len(), "source schema up to date");
+    let mut feed = match &args.feed_database_url {
+        Some(url) => ConnInfo::parse(url).context("invalid --feed-database-url")?.connect_sql().await?,
+        None => source,
+    };
+    let applied = migrate::migrate(&mut feed, "feed", migrate::FEED).await?;
+    tracing::info!(applied = applied.len(), "feed schema up to date");
+    Ok(())
+}
+
+async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
+    let source = ConnInfo::parse(&args.database.database_url).context("invalid --database-url")?;
+    let feed = match &args.feed_database_url {
+        Some(url) => ConnInfo::parse(url).context("invalid --feed-database-url")?,
+        None => source.clone(),
+    };
+    let options = run::RunOptions {
+        source,
+        feed,
+        plugin: args.plugin,
+        slot: args.slot,
+        publication: args.publication,
+        retention: args.retention,
+        endpos: args.endpos,
+    };
+    run::run(&options).await?;
     Ok(())
 }
 
@@ -149,6 +210,9 @@ async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
         slot: args.slot.map_or(SlotChoice::Temporary, SlotChoice::Named),
         publication: args.publication,
         endpos: args.endpos,
+        start: Lsn::ZERO,
+        // stdout is flushed once a second, as pg_recvlogical does (it may be a slow pipe).
+        flush_interval: std::time::Duration::from_secs(1),
     };
     let summary = tail::tail(&conninfo, &options, std::io::stdout().lock()).await?;
     tracing::info!(

@@ -22,6 +22,10 @@ pub const SOURCE: &[Migration] = &[Migration {
     sql: include_str!("../migrations/source/0001_audit_context.sql"),
 }];
 
+/// The feed database's migrations (`migrations/feed/`), in order.
+pub const FEED: &[Migration] =
+    &[Migration { version: 1, name: "0001_feed.sql", sql: include_str!("../migrations/feed/0001_feed.sql") }];
+
 /// Serializes concurrent migrations (any fixed number unlikely to clash with an application's).
 const LOCK_KEY: i64 = 0x7075_6273_7562_7075; // "pubsubpu"
 
@@ -96,20 +100,22 @@ async fn apply_missing(
 mod tests {
     use super::*;
 
-    /// Every file of `migrations/source/` is listed, numbered in order, and nothing else is.
+    /// Every file of `migrations/{source,feed}/` is listed, numbered in order, and nothing else is.
     #[test]
-    fn source_migrations_match_the_directory() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/source");
-        let mut files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-            .collect();
-        files.sort();
-        let listed: Vec<&str> = SOURCE.iter().map(|m| m.name).collect();
-        assert_eq!(files, listed);
-        for (index, migration) in SOURCE.iter().enumerate() {
-            assert_eq!(migration.version, index as i32 + 1);
-            assert!(migration.name.starts_with(&format!("{:04}_", migration.version)));
+    fn migrations_match_their_directories() {
+        for (dir, set) in [("source", SOURCE), ("feed", FEED)] {
+            let dir = format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut files: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .collect();
+            files.sort();
+            let listed: Vec<&str> = set.iter().map(|m| m.name).collect();
+            assert_eq!(files, listed);
+            for (index, migration) in set.iter().enumerate() {
+                assert_eq!(migration.version, index as i32 + 1);
+                assert!(migration.name.starts_with(&format!("{:04}_", migration.version)));
+            }
         }
     }
 }

@@ -19,10 +19,6 @@ use crate::source::{
 };
 use crate::tracking::{self, Tracked};
 
-/// How often the slot hears from us when nothing else makes us write (the server's default
-/// `wal_sender_timeout` is 60 s).
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
-
 /// How often a consumer with a retention prunes old context rows.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -33,7 +29,9 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// test_decoding only at COMMIT; the audit context is sure only at COMMIT: `Transaction::settled`
 /// says when nothing will change); `commit` ends it, with the transaction complete. A transaction that is never committed (the process stops first) is
 /// given again from its start on the next run, so a sink must hold uncommitted changes where they
-/// cannot be seen. After `flush` returns, every committed transaction is durable.
+/// cannot be seen. `flush(up_to)` asks that everything given through `up_to` (the end of the last
+/// committed transaction, or further between transactions) be made durable, and says up to where
+/// it is: the slot is confirmed no further.
 // Used with static dispatch on one task: no Send bounds needed on the futures.
 #[allow(async_fn_in_trait)]
 pub trait Sink {
@@ -41,7 +39,7 @@ pub trait Sink {
 
     async fn change(&mut self, txn: &Transaction, change: &Change) -> Result<(), Self::Error>;
     async fn commit(&mut self, txn: &Transaction, end_lsn: Lsn) -> Result<(), Self::Error>;
-    async fn flush(&mut self) -> Result<(), Self::Error>;
+    async fn flush(&mut self, up_to: Lsn) -> Result<Lsn, Self::Error>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +92,12 @@ pub struct StreamOptions {
     pub endpos: Option<Lsn>,
     /// Prune `pubsubpull.context` rows older than this (None: leave the table alone).
     pub retention: Option<Duration>,
+    /// How often the sink is flushed and the slot confirmed (well under the server's
+    /// `wal_sender_timeout`, 60 s by default).
+    pub flush_interval: Duration,
+    /// Where to start: the server skips transactions whose commit record starts before it (the
+    /// sink's checkpoint); `Lsn::ZERO` starts at the slot's confirmed position.
+    pub start: Lsn,
 }
 
 /// Why streaming stopped.
@@ -140,7 +144,7 @@ pub async fn stream<S: Sink>(
         Plugin::Wal2json => decode::wal2json::start_options(),
         Plugin::TestDecoding => decode::test_decoding::start_options(),
     };
-    let stream = replication.start(&slot, Lsn::ZERO, &start_options).await?;
+    let stream = replication.start(&slot, options.start, &start_options).await?;
     let mut pipeline = Pipeline {
         stream,
         sql: &sql,
@@ -157,7 +161,9 @@ pub async fn stream<S: Sink>(
     match stopped {
         Stopped::AtEndpos | Stopped::Signal => pipeline.confirm().await?,
         // The server is gone: nobody is left to confirm to; what we gave must still be flushed.
-        Stopped::ByServer => pipeline.sink.flush().await.map_err(sink_error)?,
+        Stopped::ByServer => {
+            pipeline.sink.flush(pipeline.committed).await.map_err(sink_error)?;
+        }
     }
     let summary = pipeline.summary.clone();
     pipeline.stream.finish().await?;
@@ -221,7 +227,7 @@ impl<S: Sink> Pipeline<'_, S> {
             let next = tokio::select! {
                 // Cancel-safe: the stream loses no data when a signal wins the race.
                 _ = &mut stop_signal => return Ok(Stopped::Signal),
-                next = tokio::time::timeout(STATUS_INTERVAL, self.stream.next()) => match next {
+                next = tokio::time::timeout(self.options.flush_interval, self.stream.next()) => match next {
                     Ok(message) => message?.map_or(Next::End, Next::Message),
                     Err(_elapsed) => Next::Idle,
                 },
@@ -261,7 +267,7 @@ impl<S: Sink> Pipeline<'_, S> {
                     }
                 }
             }
-            if last_status.elapsed() >= STATUS_INTERVAL {
+            if last_status.elapsed() >= self.options.flush_interval {
                 self.confirm().await?;
                 last_status = Instant::now();
             }
@@ -301,9 +307,9 @@ impl<S: Sink> Pipeline<'_, S> {
 
     /// Makes the sink durable, then tells the server it may recycle WAL up to what it holds.
     async fn confirm(&mut self) -> Result<(), PipelineError> {
-        self.sink.flush().await.map_err(sink_error)?;
-        self.stream.send_status(self.committed, self.committed).await?;
-        self.summary.confirmed = self.committed;
+        let durable = self.sink.flush(self.committed).await.map_err(sink_error)?.min(self.committed);
+        self.stream.send_status(self.committed, durable).await?;
+        self.summary.confirmed = self.summary.confirmed.max(durable);
         Ok(())
     }
 

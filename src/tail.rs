@@ -10,8 +10,9 @@
 use std::io::{self, Write};
 
 use crate::assemble::{SpillBuffer, Transaction};
-use crate::decode::{self, Change};
+use crate::decode::Change;
 use crate::lsn::Lsn;
+use crate::object;
 use crate::pipeline::{self, PipelineError, Sink, StreamOptions, Summary};
 use crate::source::ConnInfo;
 
@@ -48,7 +49,7 @@ impl<W: Write> Sink for NdjsonSink<W> {
     type Error = io::Error;
 
     async fn change(&mut self, txn: &Transaction, change: &Change) -> io::Result<()> {
-        encode_change(&mut self.line, txn, change);
+        object::encode_change(&mut self.line, change);
         if txn.settled {
             write_line(&mut self.out, &self.line, txn)
         } else {
@@ -61,47 +62,14 @@ impl<W: Write> Sink for NdjsonSink<W> {
         self.held.drain(|line| write_line(out, line, txn))
     }
 
-    async fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    async fn flush(&mut self, up_to: Lsn) -> io::Result<Lsn> {
+        self.out.flush()?;
+        Ok(up_to)
     }
-}
-
-/// The change object less what may be known only at COMMIT (commit time, context): serialized
-/// without the closing brace, which [`write_line`] adds with those fields.
-fn encode_change(line: &mut Vec<u8>, txn: &Transaction, change: &Change) {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        lsn: Lsn,
-        xid: Option<decode::Xid>,
-        table: &'a decode::TableName,
-        op: decode::Op,
-        key: &'a Option<decode::Row>,
-        new: &'a Option<decode::Row>,
-        old: &'a Option<decode::Row>,
-        unchanged: &'a [std::sync::Arc<str>],
-    }
-    line.clear();
-    let body = Body {
-        lsn: change.lsn,
-        xid: txn.xid,
-        table: &change.table,
-        op: change.op,
-        key: &change.key,
-        new: &change.new,
-        old: &change.old,
-        unchanged: &change.unchanged,
-    };
-    serde_json::to_writer(&mut *line, &body).expect("serializing to memory cannot fail");
-    line.pop(); // the closing brace
 }
 
 fn write_line(out: &mut impl Write, body: &[u8], txn: &Transaction) -> io::Result<()> {
     out.write_all(body)?;
-    match txn.committed_at {
-        Some(at) => write!(out, ",\"committed_at\":\"{}\"", at.format("%Y-%m-%dT%H:%M:%S%.6fZ"))?,
-        None => out.write_all(b",\"committed_at\":null")?,
-    }
-    out.write_all(b",\"context\":")?;
-    serde_json::to_writer(&mut *out, &txn.context)?;
-    out.write_all(b"}\n")
+    object::write_transaction_fields(out, txn)?;
+    out.write_all(b"\n")
 }

@@ -61,6 +61,17 @@ impl TempCluster {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Starts the server again after [`stop`](Self::stop).
+    pub fn start_again(&self) {
+        run(as_postgres("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(Stdio::null()));
+    }
+
     /// Stops the server with `pg_ctl stop -m mode` and waits for it to be down.
     pub fn stop(&self, mode: &str) {
         let _ = as_postgres("pg_ctl")

@@ -1,0 +1,234 @@
+//! Writing the feed: changes streamed with COPY, closed on transaction boundaries, committed
+//! with the checkpoint.
+//!
+//! Memory is bounded: rows wait in a buffer of at most [`BUFFER`] bytes; past that they go into an
+//! open COPY of an open database transaction, which commits only once the source transaction
+//! they belong to has committed (a transaction of a million rows streams through).
+
+use std::pin::Pin;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::SinkExt;
+use tokio_postgres::{Client, CopyInSink};
+
+use crate::assemble::Transaction;
+use crate::decode::Change;
+use crate::lsn::Lsn;
+use crate::object;
+use crate::pipeline::Sink;
+
+/// Rows held in memory before they are sent.
+const BUFFER: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the feed database failed")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("the feed's checkpoint for slot {slot:?} is not a valid LSN: {value:?}")]
+    Checkpoint { slot: String, value: String },
+}
+
+/// The feed of one slot, written as its stream is assembled.
+pub struct FeedWriter {
+    client: Client,
+    slot: String,
+    /// What the checkpoint says is stored: where the stream restarts.
+    durable: Lsn,
+    /// Last transaction number and position given, committed or not.
+    last_txn: i64,
+    last_position: i64,
+    /// Last transaction number and position of the last committed source transaction.
+    committed_txn: i64,
+    committed_position: i64,
+    /// The number of the source transaction in progress, once it has a stored change.
+    current_txn: Option<i64>,
+    /// `pubsubpull.feed` rows (COPY text format) not yet sent; the first `rows_committed` bytes
+    /// belong to committed source transactions.
+    rows: BytesMut,
+    rows_committed: usize,
+    /// `pubsubpull.feed_transaction` rows of committed source transactions not yet sent.
+    transactions: BytesMut,
+    /// The open COPY of `pubsubpull.feed`, inside an open database transaction.
+    copy: Option<Pin<Box<CopyInSink<Bytes>>>>,
+    /// Whether the open COPY holds rows of the source transaction in progress.
+    copy_holds_current: bool,
+    /// Scratch space for one change object.
+    line: Vec<u8>,
+}
+
+impl FeedWriter {
+    /// The writer of `slot`'s feed, continuing after its checkpoint.
+    pub async fn open(client: Client, slot: &str) -> Result<FeedWriter, WriteError> {
+        let row = client
+            .query_opt(
+                "SELECT end_lsn::text, last_txn, last_position FROM pubsubpull.feed_checkpoint WHERE slot = $1",
+                &[&slot],
+            )
+            .await?;
+        let (durable, last_txn, last_position) = match row {
+            Some(row) => {
+                let value: String = row.get(0);
+                let lsn =
+                    value.parse().map_err(|_| WriteError::Checkpoint { slot: slot.to_owned(), value })?;
+                (lsn, row.get(1), row.get(2))
+            }
+            None => (Lsn::ZERO, 0, 0),
+        };
+        Ok(FeedWriter {
+            client,
+            slot: slot.to_owned(),
+            durable,
+            last_txn,
+            last_position,
+            committed_txn: last_txn,
+            committed_position: last_position,
+            current_txn: None,
+            rows: BytesMut::new(),
+            rows_committed: 0,
+            transactions: BytesMut::new(),
+            copy: None,
+            copy_holds_current: false,
+            line: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Where the stored stream ends: the stream restarts from here.
+    pub fn durable(&self) -> Lsn {
+        self.durable
+    }
+
+    /// Sends the buffered rows into the open COPY, opening transaction and COPY first if needed.
+    async fn send_rows(&mut self, len: usize) -> Result<(), WriteError> {
+        if self.copy.is_none() {
+            self.client.batch_execute("BEGIN").await?;
+            let sink = self
+                .client
+                .copy_in("COPY pubsubpull.feed (position, txn, table_name, body) FROM STDIN")
+                .await?;
+            self.copy = Some(Box::pin(sink));
+        }
+        let chunk = self.rows.split_to(len).freeze();
+        self.rows_committed = self.rows_committed.saturating_sub(len);
+        if let Some(copy) = self.copy.as_mut() {
+            copy.send(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for FeedWriter {
+    type Error = WriteError;
+
+    async fn change(&mut self, _txn: &Transaction, change: &Change) -> Result<(), WriteError> {
+        let txn = *self.current_txn.get_or_insert_with(|| {
+            self.last_txn += 1;
+            self.last_txn
+        });
+        self.last_position += 1;
+        object::encode_change(&mut self.line, change);
+        let table = change.table.to_string();
+        self.rows.put_slice(format!("{}\t{txn}\t", self.last_position).as_bytes());
+        put_copy_text(&mut self.rows, table.as_bytes());
+        self.rows.put_u8(b'\t');
+        put_copy_text(&mut self.rows, &self.line);
+        self.rows.put_u8(b'\n');
+        if self.rows.len() >= BUFFER {
+            self.copy_holds_current = true;
+            self.send_rows(self.rows.len()).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, txn: &Transaction, end_lsn: Lsn) -> Result<(), WriteError> {
+        if let Some(number) = self.current_txn.take() {
+            let field = |value: Option<String>| value.unwrap_or_else(|| "\\N".to_owned());
+            let context = txn.context.as_ref().map(|c| serde_json::to_string(c).expect("rows serialize"));
+            let line = format!(
+                "{number}\t{}\t{end_lsn}\t{}\t",
+                field(txn.xid.map(|x| x.to_string())),
+                field(txn.committed_at.map(|at| at.to_rfc3339())),
+            );
+            self.transactions.put_slice(line.as_bytes());
+            match context {
+                Some(context) => put_copy_text(&mut self.transactions, context.as_bytes()),
+                None => self.transactions.put_slice(b"\\N"),
+            }
+            self.transactions.put_u8(b'\n');
+            self.committed_txn = number;
+            self.committed_position = self.last_position;
+        }
+        self.rows_committed = self.rows.len();
+        self.copy_holds_current = false;
+        Ok(())
+    }
+
+    async fn flush(&mut self, up_to: Lsn) -> Result<Lsn, WriteError> {
+        if self.copy_holds_current {
+            // The open database transaction holds part of the source transaction in progress:
+            // it commits with that transaction, not before.
+            return Ok(self.durable);
+        }
+        let pending = self.rows_committed > 0 || !self.transactions.is_empty() || self.copy.is_some();
+        if !pending && up_to <= self.durable {
+            return Ok(self.durable);
+        }
+        if self.rows_committed > 0 {
+            self.send_rows(self.rows_committed).await?;
+        }
+        match self.copy.take() {
+            Some(mut copy) => {
+                copy.as_mut().finish().await?;
+            }
+            None => self.client.batch_execute("BEGIN").await?,
+        }
+        if !self.transactions.is_empty() {
+            let sink = self
+                .client
+                .copy_in(
+                    "COPY pubsubpull.feed_transaction (txn, xid, end_lsn, committed_at, context) FROM STDIN",
+                )
+                .await?;
+            let mut sink = Box::pin(sink);
+            sink.send(self.transactions.split().freeze()).await?;
+            sink.as_mut().finish().await?;
+        }
+        let end_lsn = up_to.max(self.durable).to_string();
+        self.client
+            .execute(
+                "INSERT INTO pubsubpull.feed_checkpoint (slot, end_lsn, last_txn, last_position)
+                 VALUES ($1, $2::text::pg_lsn, $3, $4)
+                 ON CONFLICT (slot) DO UPDATE SET end_lsn = excluded.end_lsn, last_txn = excluded.last_txn,
+                     last_position = excluded.last_position, updated_at = now()",
+                &[&self.slot, &end_lsn, &self.committed_txn, &self.committed_position],
+            )
+            .await?;
+        self.client.batch_execute("COMMIT").await?;
+        self.durable = up_to.max(self.durable);
+        Ok(self.durable)
+    }
+}
+
+/// Appends `text` escaped for COPY's text format.
+fn put_copy_text(out: &mut BytesMut, text: &[u8]) {
+    for &byte in text {
+        match byte {
+            b'\\' => out.put_slice(b"\\\\"),
+            b'\t' => out.put_slice(b"\\t"),
+            b'\n' => out.put_slice(b"\\n"),
+            b'\r' => out.put_slice(b"\\r"),
+            _ => out.put_u8(byte),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_copy_text() {
+        let mut out = BytesMut::new();
+        put_copy_text(&mut out, b"a\\b\tc\nd\re\"f");
+        assert_eq!(&out[..], b"a\\\\b\\tc\\nd\\re\"f");
+    }
+}

@@ -1,0 +1,91 @@
+//! `pubsubpull run`: the streamer. The slot's stream, assembled and joined with its audit context,
+//! into the feed; restarted from the feed's checkpoint after any failure, with backoff.
+
+use std::time::Duration;
+
+use crate::decode::Plugin;
+use crate::feed::FeedWriter;
+use crate::lsn::Lsn;
+use crate::pipeline::{self, PipelineError, SlotChoice, Stopped, StreamOptions};
+use crate::source::ConnInfo;
+
+/// How soon a committed transaction is stored (and visible to pullers) at the latest.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Backoff between restarts after a transient failure: doubling from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// What `run` is asked to do.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub source: ConnInfo,
+    pub feed: ConnInfo,
+    pub plugin: Plugin,
+    pub slot: String,
+    pub publication: String,
+    pub retention: Duration,
+    /// Stop once the feed holds everything up to here (benchmarks, tests); None: run until signalled.
+    pub endpos: Option<Lsn>,
+}
+
+/// Streams into the feed until a signal (or `endpos`); transient failures (a lost connection, a
+/// restarting server) restart the stream from the feed's checkpoint.
+pub async fn run(options: &RunOptions) -> Result<(), PipelineError> {
+    let mut backoff = BACKOFF.0;
+    loop {
+        match run_once(options).await {
+            Ok(Stopped::Signal | Stopped::AtEndpos) => return Ok(()),
+            Ok(Stopped::ByServer) => {
+                tracing::warn!("the server ended the stream; reconnecting");
+                backoff = BACKOFF.0;
+            }
+            Err(error) if is_transient(&error) => {
+                tracing::warn!(error = %error_chain(&error), retry_in = ?backoff, "streaming failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF.1);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn run_once(options: &RunOptions) -> Result<Stopped, PipelineError> {
+    let feed = options.feed.connect_sql().await?;
+    let mut writer =
+        FeedWriter::open(feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))?;
+    let stream_options = StreamOptions {
+        plugin: options.plugin,
+        slot: SlotChoice::Named(options.slot.clone()),
+        publication: options.publication.clone(),
+        endpos: options.endpos,
+        retention: Some(options.retention),
+        start: writer.durable(),
+        flush_interval: FLUSH_INTERVAL,
+    };
+    tracing::info!(slot = %options.slot, start = %writer.durable(), "streaming into the feed");
+    let (stopped, summary) = pipeline::stream(&options.source, &stream_options, &mut writer).await?;
+    tracing::info!(transactions = summary.transactions, changes = summary.changes, confirmed = %summary.confirmed, "stream stopped");
+    Ok(stopped)
+}
+
+/// Failures worth a retry: the source's own verdict; the feed database's lost connections.
+fn is_transient(error: &PipelineError) -> bool {
+    match error {
+        PipelineError::Source(source) => source.is_transient(),
+        PipelineError::Sink(_) => true,
+        PipelineError::Decode { .. } | PipelineError::Assemble { .. } | PipelineError::NoPublication(_) => {
+            false
+        }
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}

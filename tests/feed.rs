@@ -1,0 +1,125 @@
+//! The feed's promise: every committed change of a tracked table is stored exactly once, in commit
+//! order, with its transaction's context, whatever kills the streamer and whenever. Checked
+//! against `pubsubpull tail` over a slot created at the same point, read in one uninterrupted run.
+
+mod support;
+
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::TestDb;
+
+fn pubsubpull(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_pubsubpull")).args(args).output().expect("run pubsubpull");
+    assert!(output.status.success(), "pubsubpull {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn spawn_run(url: &str, slot: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["run", "--database-url", url, "--slot", slot])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start pubsubpull run")
+}
+
+/// The feed, each change with its transaction's xid and context, as tail writes them (less the
+/// commit time, which the feed keeps as a timestamptz).
+fn feed(db: &TestDb) -> Vec<Value> {
+    let rows = db.sql(
+        "SELECT f.position, f.body || ',\"xid\":' || coalesce(t.xid::text, 'null') || ',\"context\":' \
+         || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t \
+         USING (txn) ORDER BY f.position",
+    );
+    let mut changes = Vec::new();
+    for (expected, line) in (1..).zip(rows.lines()) {
+        let (position, change) = line.split_once('|').expect("position|change");
+        assert_eq!(position.parse::<i64>().unwrap(), expected, "positions are gapless");
+        changes.push(serde_json::from_str(change).expect("a change object"));
+    }
+    changes
+}
+
+fn reference(db: &TestDb, slot: &str, endpos: &str) -> Vec<Value> {
+    let output = pubsubpull(&["tail", "--database-url", &db.url(), "--slot", slot, "--endpos", endpos]);
+    let lines = String::from_utf8(output.stdout).unwrap();
+    lines
+        .lines()
+        .map(|line| {
+            let mut change: Value = serde_json::from_str(line).unwrap();
+            change.as_object_mut().unwrap().remove("committed_at");
+            change
+        })
+        .collect()
+}
+
+/// Writes a steady mixed load until told to stop: small transactions with and without context on
+/// two tables, a big one now and then, updates and deletes.
+async fn load(db: &TestDb, stop: Arc<AtomicBool>) -> u64 {
+    let client = db.client().await;
+    let mut transactions = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let n = transactions as i64;
+        let sql = match transactions % 50 {
+            0 => format!("INSERT INTO b SELECT {n} * 100000 + g, 'bulk' FROM generate_series(1, 2000) g"),
+            7 => format!("UPDATE a SET v = 'updated {n}' WHERE id % 7 = {}", n % 7),
+            13 => format!("DELETE FROM b WHERE id < {} AND id % 3 = 0", n * 100000),
+            _ => format!(
+                "BEGIN; SELECT pubsubpull.set_context('{{\"n\": {n}}}'); INSERT INTO a VALUES ({n}, 'v{n}'); \
+                 INSERT INTO b VALUES (-{n} - 1, 'small'); COMMIT"
+            ),
+        };
+        client.batch_execute(&sql).await.expect("load");
+        transactions += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    transactions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_exact_after_twenty_kills() {
+    let db = Arc::new(TestDb::new());
+    let url = db.url();
+    pubsubpull(&["migrate", "--database-url", &url]);
+    db.sql("CREATE TABLE a (id bigint PRIMARY KEY, v text); CREATE TABLE b (id bigint PRIMARY KEY, v text)");
+    pubsubpull(&["track", "--database-url", &url, "a", "b"]);
+    let slot = db.slot("feed");
+    let reference_slot = db.slot("reference");
+    for name in [&slot, &reference_slot] {
+        db.sql(&format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')"));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (db, stop) = (db.clone(), stop.clone());
+        async move { load(&db, stop).await }
+    });
+    let mut checkpoints = std::collections::BTreeSet::new();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
+    for _ in 0..20 {
+        let mut streamer = spawn_run(&url, &slot);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(200 + seed % 1300)).await;
+        streamer.kill().expect("SIGKILL the streamer");
+        streamer.wait().unwrap();
+        checkpoints.insert(db.sql("SELECT last_position FROM pubsubpull.feed_checkpoint"));
+    }
+    assert!(checkpoints.len() >= 10, "the streamer made progress between kills: {checkpoints:?}");
+    stop.store(true, Ordering::Relaxed);
+    let transactions = writer.await.unwrap();
+    let endpos = db.current_lsn();
+    pubsubpull(&["run", "--database-url", &url, "--slot", &slot, "--endpos", &endpos]);
+
+    let stored = feed(&db);
+    let expected = reference(&db, &reference_slot, &endpos);
+    assert!(transactions > 50, "the load ran ({transactions} transactions)");
+    assert_eq!(stored.len(), expected.len(), "as many changes in the feed as committed");
+    for (index, (stored, expected)) in stored.iter().zip(&expected).enumerate() {
+        assert_eq!(stored, expected, "change {index}");
+    }
+}
