@@ -26,10 +26,11 @@ fn spawn_run(url: &str, slot: &str) -> Child {
         .expect("start pubsubpull run")
 }
 
-/// The feed, each change with its transaction's xid and context, as tail writes them (less the
-/// commit time, which the feed keeps as a timestamptz).
-fn feed(db: &TestDb) -> Vec<Value> {
-    let rows = db.sql(
+/// The feed of the database at `url`, each change with its transaction's xid and context, as tail
+/// writes them (less the commit time, which the feed keeps as a timestamptz).
+fn feed(url: &str) -> Vec<Value> {
+    let rows = psql(
+        url,
         "SELECT f.position, f.body || ',\"xid\":' || coalesce(t.xid::text, 'null') || ',\"context\":' \
          || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t \
          USING (txn) ORDER BY f.position",
@@ -43,8 +44,9 @@ fn feed(db: &TestDb) -> Vec<Value> {
     changes
 }
 
-fn reference(db: &TestDb, slot: &str, endpos: &str) -> Vec<Value> {
-    let output = pubsubpull(&["tail", "--database-url", &db.url(), "--slot", slot, "--endpos", endpos]);
+/// What `tail` reads from `slot` up to `endpos`, in one uninterrupted run: the committed changes.
+fn reference(url: &str, slot: &str, endpos: &str) -> Vec<Value> {
+    let output = pubsubpull(&["tail", "--database-url", url, "--slot", slot, "--endpos", endpos]);
     let lines = String::from_utf8(output.stdout).unwrap();
     lines
         .lines()
@@ -54,6 +56,16 @@ fn reference(db: &TestDb, slot: &str, endpos: &str) -> Vec<Value> {
             change
         })
         .collect()
+}
+
+/// Runs SQL through psql on any server.
+fn psql(url: &str, sql: &str) -> String {
+    let output = Command::new(support::bindir().join("psql"))
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim_end().to_owned()
 }
 
 /// Writes a steady mixed load until told to stop: small transactions with and without context on
@@ -115,11 +127,76 @@ async fn the_feed_is_exact_after_twenty_kills() {
     let endpos = db.current_lsn();
     pubsubpull(&["run", "--database-url", &url, "--slot", &slot, "--endpos", &endpos]);
 
-    let stored = feed(&db);
-    let expected = reference(&db, &reference_slot, &endpos);
+    let stored = feed(&url);
+    let expected = reference(&url, &reference_slot, &endpos);
     assert!(transactions > 50, "the load ran ({transactions} transactions)");
     assert_eq!(stored.len(), expected.len(), "as many changes in the feed as committed");
     for (index, (stored, expected)) in stored.iter().zip(&expected).enumerate() {
         assert_eq!(stored, expected, "change {index}");
     }
+}
+
+/// Small transactions until told to stop, reconnecting while the server is down.
+async fn resilient_load(url: String, stop: Arc<AtomicBool>) {
+    let mut n = 0_i64;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((client, connection)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        tokio::spawn(connection);
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let sql = format!(
+                "BEGIN; SELECT pubsubpull.set_context('{{\"n\": {n}}}'); INSERT INTO a VALUES ({n}, 'v{n}'); COMMIT"
+            );
+            if client.batch_execute(&sql).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_exact_across_database_restarts() {
+    let cluster = support::cluster::TempCluster::start("wal_level = logical", &[]);
+    psql(&cluster.url("postgres"), "CREATE DATABASE app");
+    let url = cluster.url("app");
+    pubsubpull(&["migrate", "--database-url", &url]);
+    psql(&url, "CREATE TABLE a (id bigint PRIMARY KEY, v text)");
+    pubsubpull(&["track", "--database-url", &url, "a"]);
+    for slot in ["feed", "reference"] {
+        psql(&url, &format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(resilient_load(url.clone(), stop.clone()));
+    let mut streamer = spawn_run(&url, "feed");
+    for mode in ["fast", "immediate", "fast", "immediate"] {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.stop(mode);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.start_again();
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let endpos = psql(&url, "SELECT pg_current_wal_insert_lsn()");
+    // The same streamer, reconnected with backoff, catches up.
+    let caught_up =
+        format!("SELECT coalesce(max(end_lsn) >= '{endpos}', false) FROM pubsubpull.feed_checkpoint");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while psql(&url, &caught_up) != "t" {
+        assert!(std::time::Instant::now() < deadline, "the streamer did not catch up after the restarts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(streamer.try_wait().unwrap().is_none(), "the streamer survived the restarts");
+    streamer.kill().unwrap();
+    streamer.wait().unwrap();
+
+    let stored = feed(&url);
+    let expected = reference(&url, "reference", &endpos);
+    assert!(expected.len() > 100, "the load ran across the restarts ({} changes)", expected.len());
+    assert_eq!(stored.len(), expected.len(), "no gap, no duplicate");
+    assert!(stored == expected, "the feed equals the committed changes, in commit order");
 }
