@@ -200,3 +200,34 @@ async fn the_feed_is_exact_across_database_restarts() {
     assert_eq!(stored.len(), expected.len(), "no gap, no duplicate");
     assert!(stored == expected, "the feed equals the committed changes, in commit order");
 }
+
+#[test]
+fn the_slot_advances_while_tracked_tables_are_idle() {
+    let db = TestDb::new();
+    let other = TestDb::new();
+    let url = db.url();
+    pubsubpull(&["migrate", "--database-url", &url]);
+    db.sql("CREATE TABLE tracked (id int PRIMARY KEY); CREATE TABLE busy (id serial PRIMARY KEY)");
+    other.sql("CREATE TABLE elsewhere (id serial PRIMARY KEY)");
+    pubsubpull(&["track", "--database-url", &url, "tracked"]);
+    let slot = db.slot("idle");
+    let mut streamer = spawn_run(&url, &slot);
+    let confirmed = || {
+        db.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"))
+    };
+    support::wait_until("the slot", Duration::from_secs(20), || !confirmed().is_empty());
+    // Writes to an untracked table of the same database and to another database only.
+    for _ in 0..20 {
+        db.sql("INSERT INTO busy DEFAULT VALUES");
+        other.sql("INSERT INTO elsewhere DEFAULT VALUES");
+    }
+    let written = db.current_lsn();
+    let advanced = || {
+        let now = confirmed();
+        !now.is_empty() && psql(&url, &format!("SELECT '{now}'::pg_lsn >= '{written}'::pg_lsn")) == "t"
+    };
+    support::wait_until("the confirmed position to pass the idle writes", Duration::from_secs(20), advanced);
+    streamer.kill().unwrap();
+    streamer.wait().unwrap();
+    assert_eq!(psql(&url, "SELECT count(*) FROM pubsubpull.feed"), "0", "nothing untracked in the feed");
+}
