@@ -72,7 +72,17 @@ impl FeedWriter {
                     value.parse().map_err(|_| WriteError::Checkpoint { slot: slot.to_owned(), value })?;
                 (lsn, row.get(1), row.get(2))
             }
-            None => (Lsn::ZERO, 0, 0),
+            // A new slot continues the numbering of what the feed already holds.
+            None => {
+                let row = client
+                    .query_one(
+                        "SELECT coalesce((SELECT max(txn) FROM pubsubpull.feed_transaction), 0),
+                                coalesce((SELECT max(position) FROM pubsubpull.feed), 0)",
+                        &[],
+                    )
+                    .await?;
+                (Lsn::ZERO, row.get(0), row.get(1))
+            }
         };
         Ok(FeedWriter {
             client,
