@@ -220,15 +220,19 @@ impl Sink for FeedWriter {
 
 /// Appends `text` escaped for COPY's text format.
 fn put_copy_text(out: &mut BytesMut, text: &[u8]) {
-    for &byte in text {
-        match byte {
-            b'\\' => out.put_slice(b"\\\\"),
-            b'\t' => out.put_slice(b"\\t"),
-            b'\n' => out.put_slice(b"\\n"),
-            b'\r' => out.put_slice(b"\\r"),
-            _ => out.put_u8(byte),
-        }
+    let mut rest = text;
+    // JSON text has no raw control characters, so runs between escapes are long.
+    while let Some(at) = rest.iter().position(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        out.put_slice(&rest[..at]);
+        out.put_slice(match rest[at] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            _ => b"\\r",
+        });
+        rest = &rest[at + 1..];
     }
+    out.put_slice(rest);
 }
 
 #[cfg(test)]
