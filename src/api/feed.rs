@@ -1,0 +1,311 @@
+//! `GET /feed?after=POS&limit=N&table=T&wait=S`: the changes after a position, in feed order.
+//!
+//! A change is served as it was stored: its position, the stored body, then its transaction's
+//! fields, assembled as text (nothing is parsed again). Positions are the feed's bigint as 16
+//! lowercase hex digits, so that they sort as the feed does; anything else is rejected.
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{ApiError, ApiState};
+use crate::decode::TableName;
+
+const DEFAULT_LIMIT: i64 = 1000;
+const MAX_LIMIT: i64 = 10_000;
+const MAX_WAIT: Duration = Duration::from_secs(60);
+const NDJSON: &str = "application/x-ndjson";
+
+const QUERY: &str = "SELECT f.position, f.body, t.xid::text, \
+     to_char(t.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), t.context::text \
+     FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t USING (txn) \
+     WHERE f.position > $1 AND (cardinality($2::text[]) = 0 OR f.table_name = ANY($2)) \
+     ORDER BY f.position LIMIT $3";
+
+/// `position` as served: 16 lowercase hex digits.
+pub fn format_position(position: i64) -> String {
+    format!("{position:016x}")
+}
+
+/// A served position back to the feed's bigint: exactly 16 lowercase hex digits, not negative.
+pub fn parse_position(text: &str) -> Option<i64> {
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    i64::from_str_radix(text, 16).ok()
+}
+
+/// What a pull asks for.
+#[derive(Debug, PartialEq)]
+struct Pull {
+    after: i64,
+    limit: i64,
+    tables: Vec<String>,
+    wait: Duration,
+}
+
+fn parse_query(query: &str) -> Result<Pull, ApiError> {
+    let mut pull = Pull { after: 0, limit: DEFAULT_LIMIT, tables: Vec::new(), wait: Duration::ZERO };
+    let (mut after, mut limit, mut wait) = (None, None, None);
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let once = |seen: &mut Option<()>, name: &str| match seen.replace(()) {
+            Some(()) => Err(ApiError::bad_request("repeated query parameter", json!({ "parameter": name }))),
+            None => Ok(()),
+        };
+        match &*key {
+            "after" => {
+                once(&mut after, "after")?;
+                pull.after = parse_position(&value).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "after is not a position",
+                        json!({ "after": value, "expected": "a position as served: 16 hex digits" }),
+                    )
+                })?;
+            }
+            "limit" => {
+                once(&mut limit, "limit")?;
+                pull.limit = value.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "limit is out of range",
+                        json!({ "limit": value, "expected": format!("an integer from 1 to {MAX_LIMIT}") }),
+                    )
+                })?;
+            }
+            "wait" => {
+                once(&mut wait, "wait")?;
+                pull.wait = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && (0.0..=MAX_WAIT.as_secs_f64()).contains(s))
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "wait is out of range",
+                            json!({ "wait": value, "expected": format!("seconds from 0 to {}", MAX_WAIT.as_secs()) }),
+                        )
+                    })?;
+            }
+            "table" => {
+                if !is_table_name(&value) {
+                    return Err(ApiError::bad_request(
+                        "table is not a table name",
+                        json!({ "table": value, "expected": "schema.table as in the change objects, e.g. public.orders" }),
+                    ));
+                }
+                pull.tables.push(value.into_owned());
+            }
+            _ => {
+                return Err(ApiError::bad_request("unknown query parameter", json!({ "parameter": key })));
+            }
+        }
+    }
+    Ok(pull)
+}
+
+/// Whether `text` is a table name as the change objects write it: `schema.name`, each part plain
+/// (lowercase, digits, `_`, `$`) or double-quoted, exactly as they would be written.
+fn is_table_name(text: &str) -> bool {
+    let Some((schema, rest)) = parse_identifier(text) else { return false };
+    let Some(rest) = rest.strip_prefix('.') else { return false };
+    let Some((name, rest)) = parse_identifier(rest) else { return false };
+    rest.is_empty() && TableName::new(&schema, &name).to_string() == text
+}
+
+/// One identifier at the start of `text` (plain or quoted) and what follows it.
+fn parse_identifier(text: &str) -> Option<(String, &str)> {
+    if let Some(mut rest) = text.strip_prefix('"') {
+        let mut ident = String::new();
+        loop {
+            let end = rest.find('"')?;
+            ident.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('"') {
+                Some(after) => {
+                    ident.push('"');
+                    rest = after;
+                }
+                None => return (!ident.is_empty()).then_some((ident, rest)),
+            }
+        }
+    }
+    let end = text.find('.').unwrap_or(text.len());
+    (end > 0).then(|| (text[..end].to_owned(), &text[end..]))
+}
+
+/// `GET /feed`.
+pub(super) async fn pull(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pull = parse_query(query.as_deref().unwrap_or(""))?;
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.split(',').any(|t| t.split(';').next().unwrap_or("").trim() == NDJSON));
+    let deadline = Instant::now() + pull.wait;
+    let mut stored = state.stored.clone();
+    let rows = loop {
+        // Marked seen before the query: a commit after it wakes the wait below.
+        stored.borrow_and_update();
+        let client = state.feed.client().await?;
+        let rows = client.query(QUERY, &[&pull.after, &pull.tables, &(pull.limit + 1)]).await?;
+        if !rows.is_empty() || Instant::now() >= deadline {
+            break rows;
+        }
+        match tokio::time::timeout_at(deadline, stored.changed()).await {
+            Ok(Ok(())) => continue,
+            // The streamer stopped (the process ends) or time is up: nothing new.
+            Ok(Err(_)) | Err(_) => break rows,
+        }
+    };
+    let up_to_date = rows.len() as i64 <= pull.limit;
+    let mut next = pull.after;
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows.iter().take(pull.limit as usize) {
+        next = row.get(0);
+        changes.push(encode_change(next, row.get(1), row.get(2), row.get(3), row.get(4)));
+    }
+    if ndjson {
+        let mut body = String::with_capacity(changes.iter().map(|c| c.len() + 1).sum());
+        for change in &changes {
+            body.push_str(change);
+            body.push('\n');
+        }
+        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))], body).into_response());
+    }
+    let mut body = String::with_capacity(changes.iter().map(|c| c.len() + 1).sum::<usize>() + 64);
+    body.push_str("{\"changes\":[");
+    for (index, change) in changes.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        body.push_str(change);
+    }
+    body.push_str(&format!("],\"next\":\"{}\",\"up_to_date\":{up_to_date}}}", format_position(next)));
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
+/// `{"position":…` + the stored body less its opening brace + the transaction's fields.
+fn encode_change(
+    position: i64,
+    body: &str,
+    xid: Option<&str>,
+    committed_at: Option<&str>,
+    context: Option<&str>,
+) -> String {
+    let body = body.strip_prefix('{').unwrap_or(body);
+    let mut out = String::with_capacity(body.len() + 128 + context.map_or(0, str::len));
+    out.push_str("{\"position\":\"");
+    out.push_str(&format_position(position));
+    out.push_str("\",");
+    out.push_str(body);
+    out.push_str(",\"xid\":");
+    out.push_str(xid.unwrap_or("null"));
+    out.push_str(",\"committed_at\":");
+    match committed_at {
+        Some(at) => {
+            out.push('"');
+            out.push_str(at);
+            out.push('"');
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(",\"context\":");
+    out.push_str(context.unwrap_or("null"));
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_round_trip_strictly() {
+        assert_eq!(format_position(26), "000000000000001a");
+        assert_eq!(parse_position("000000000000001a"), Some(26));
+        assert_eq!(parse_position(&format_position(i64::MAX)), Some(i64::MAX));
+        for bad in [
+            "",
+            "1a",
+            "000000000000001A",
+            "+00000000000001a",
+            "8000000000000000",
+            "0000000000000001a",
+            "zzzzzzzzzzzzzzzz",
+        ] {
+            assert_eq!(parse_position(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn table_names_are_canonical() {
+        for good in ["public.orders", "shop.\"Odd Name\"", "\"My\"\"Schema\".t_1", "a.\"b.c\""] {
+            assert!(is_table_name(good), "{good:?}");
+        }
+        for bad in [
+            "orders",
+            "public.",
+            ".orders",
+            "Public.orders",
+            "public.\"orders\"",
+            "a.b.c",
+            "a.\"b",
+            "a.\"\"",
+            "a b.c",
+        ] {
+            assert!(!is_table_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn queries_parse_strictly() {
+        let pull =
+            parse_query("after=0000000000000002&limit=5&table=public.a&table=public.b&wait=1.5").unwrap();
+        assert_eq!(
+            pull,
+            Pull {
+                after: 2,
+                limit: 5,
+                tables: vec!["public.a".into(), "public.b".into()],
+                wait: Duration::from_millis(1500)
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=abc",
+            "limit=100000",
+            "wait=-1",
+            "wait=61",
+            "wait=nan",
+            "after=2",
+            "after=1&after=2",
+            "table=x",
+            "foo=1",
+        ] {
+            assert!(matches!(parse_query(bad), Err(ApiError::BadRequest { .. })), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn changes_are_assembled_from_the_stored_body() {
+        let change = encode_change(
+            3,
+            "{\"lsn\":\"0/1\",\"op\":\"insert\"",
+            Some("7"),
+            Some("2026-01-01T00:00:00.000001Z"),
+            Some("{\"a\": 1}"),
+        );
+        let value: serde_json::Value = serde_json::from_str(&change).unwrap();
+        assert_eq!(
+            value,
+            json!({"position": "0000000000000003", "lsn": "0/1", "op": "insert", "xid": 7,
+                   "committed_at": "2026-01-01T00:00:00.000001Z", "context": {"a": 1}})
+        );
+    }
+}
