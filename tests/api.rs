@@ -289,3 +289,94 @@ async fn bad_requests_get_clear_errors_and_health_is_served() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["detail"], json!({"replication": "connected", "feed": "reachable"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_with_the_streamer() {
+    let (_db, mut server) = start().await;
+    let poll = {
+        let (http, url) = (server.http.clone(), format!("{}/feed?wait=30", server.base));
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) })
+    };
+    // The poll is in before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "run did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("sigterm: the process exited after {:?}", signalled.elapsed());
+    assert!(status.success(), "run exits cleanly on SIGTERM: {status}");
+    // The long poll in flight was answered (nothing new) rather than cut off.
+    assert_eq!(poll.await.unwrap().unwrap(), StatusCode::OK);
+    assert!(server.http.get(format!("{}/healthz", server.base)).send().await.is_err(), "no longer serving");
+}
+
+/// Polls `GET path` until it answers `status`, returning the body.
+async fn wait_for_status(server: &Server, path: &str, status: StatusCode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Connections are refused until the process listens.
+        if let Ok(response) = server.http.get(format!("{}{path}", server.base)).send().await {
+            let got = response.status();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            if got == status {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{path} stayed {got}: {body}");
+        }
+        assert!(Instant::now() < deadline, "{path} never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_and_the_api_reconnects() {
+    let cluster = support::cluster::TempCluster::start("wal_level = logical", &[]);
+    let url = cluster.url("postgres");
+    pubsubpull(&["migrate", "--database-url", &url]);
+    let psql = |sql: &str| {
+        let output = Command::new(support::bindir().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    psql("CREATE TABLE orders (id int PRIMARY KEY)");
+    pubsubpull(&["track", "--database-url", &url, "orders"]);
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["run", "--database-url", &url, "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    wait_for_status(&server, "/readyz", StatusCode::OK).await;
+    psql("INSERT INTO orders VALUES (1)");
+    assert_eq!(server.wait_for(1).await.len(), 1);
+
+    cluster.stop("fast");
+    let body = wait_for_status(&server, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["error"], "not ready");
+    let body = wait_for_status(&server, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["detail"]["feed"], "unreachable", "{body}");
+    let (status, body) = server.get("/feed").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "the feed is unavailable, retry later", "detail": null}),
+        "no internals"
+    );
+    assert_eq!(server.get("/healthz").await.0, StatusCode::OK, "alive while the database is down");
+
+    cluster.start_again();
+    let body = wait_for_status(&server, "/readyz", StatusCode::OK).await;
+    assert_eq!(body["detail"], json!({"replication": "connected", "feed": "reachable"}));
+    psql("INSERT INTO orders VALUES (2)");
+    let changes = server.wait_for(2).await;
+    assert_eq!(changes[1]["new"], json!({"id": 2}), "the API reconnected to the feed");
+}
