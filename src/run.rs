@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
-use crate::api::{self, ApiState, FeedConnection};
+use crate::api::{self, ApiState, Database};
 
 use crate::decode::Plugin;
 use crate::feed::FeedWriter;
@@ -46,7 +46,8 @@ pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), Pipe
     let (stored, stored_receiver) = watch::channel(0_i64);
     let streaming = Arc::new(AtomicBool::new(false));
     let state = ApiState {
-        feed: Arc::new(FeedConnection::new(options.feed.clone())),
+        feed: Arc::new(Database::new(options.feed.clone())),
+        source: Arc::new(Database::new(options.source.clone())),
         stored: stored_receiver,
         streaming: Arc::clone(&streaming),
     };

@@ -249,7 +249,7 @@ async fn a_long_poll_returns_as_soon_as_a_change_is_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_health_is_served() {
-    let (_db, server) = start().await;
+    let (db, server) = start().await;
     for query in [
         "after=1",
         "after=000000000000001A",
@@ -280,6 +280,13 @@ async fn bad_requests_get_clear_errors_and_health_is_served() {
         let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert_eq!(body["error"], "method not allowed");
     }
+    // Tables never tracked are not found; one tracked before still has its changes.
+    let (status, body) = server.get("/feed?table=public.orders&table=public.nope&table=shop.\"X\"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["detail"]["tables"], json!(["public.nope", "shop.\"X\""]), "{body}");
+    pubsubpull(&["untrack", "--database-url", &db.url(), "notes"]);
+    let (status, body) = server.get("/feed?table=public.notes").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = server.get("/nothing/here").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"], "not found");

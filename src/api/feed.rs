@@ -44,12 +44,22 @@ pub fn parse_position(text: &str) -> Option<i64> {
 struct Pull {
     after: i64,
     limit: i64,
+    /// As the change objects name them, and as (schema, name).
     tables: Vec<String>,
+    schemas: Vec<String>,
+    names: Vec<String>,
     wait: Duration,
 }
 
 fn parse_query(query: &str) -> Result<Pull, ApiError> {
-    let mut pull = Pull { after: 0, limit: DEFAULT_LIMIT, tables: Vec::new(), wait: Duration::ZERO };
+    let mut pull = Pull {
+        after: 0,
+        limit: DEFAULT_LIMIT,
+        tables: Vec::new(),
+        schemas: Vec::new(),
+        names: Vec::new(),
+        wait: Duration::ZERO,
+    };
     let (mut after, mut limit, mut wait) = (None, None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         let once = |seen: &mut Option<()>, name: &str| match seen.replace(()) {
@@ -90,12 +100,14 @@ fn parse_query(query: &str) -> Result<Pull, ApiError> {
                     })?;
             }
             "table" => {
-                if !is_table_name(&value) {
-                    return Err(ApiError::bad_request(
+                let (schema, name) = parse_table_name(&value).ok_or_else(|| {
+                    ApiError::bad_request(
                         "table is not a table name",
                         json!({ "table": value, "expected": "schema.table as in the change objects, e.g. public.orders" }),
-                    ));
-                }
+                    )
+                })?;
+                pull.schemas.push(schema);
+                pull.names.push(name);
                 pull.tables.push(value.into_owned());
             }
             _ => {
@@ -106,13 +118,35 @@ fn parse_query(query: &str) -> Result<Pull, ApiError> {
     Ok(pull)
 }
 
-/// Whether `text` is a table name as the change objects write it: `schema.name`, each part plain
+/// `(schema, name)` of a table name as the change objects write it: `schema.name`, each part plain
 /// (lowercase, digits, `_`, `$`) or double-quoted, exactly as they would be written.
-fn is_table_name(text: &str) -> bool {
-    let Some((schema, rest)) = parse_identifier(text) else { return false };
-    let Some(rest) = rest.strip_prefix('.') else { return false };
-    let Some((name, rest)) = parse_identifier(rest) else { return false };
-    rest.is_empty() && TableName::new(&schema, &name).to_string() == text
+fn parse_table_name(text: &str) -> Option<(String, String)> {
+    let (schema, rest) = parse_identifier(text)?;
+    let (name, rest) = parse_identifier(rest.strip_prefix('.')?)?;
+    (rest.is_empty() && TableName::new(&schema, &name).to_string() == text).then_some((schema, name))
+}
+
+/// Of the tables a pull names, those never tracked (not in the source's tracking registry, now
+/// or before). When the source cannot be asked, the filter is applied unchecked: the feed is
+/// served whether or not the source is up.
+async fn never_tracked(state: &ApiState, pull: &Pull) -> Vec<String> {
+    const SQL: &str = "SELECT q.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(s, n, i) \
+         WHERE NOT EXISTS (SELECT 1 FROM pubsubpull.tracked t WHERE t.schema_name = q.s AND t.table_name = q.n)";
+    let rows = match state.source.client().await {
+        Ok(client) => client.query(SQL, &[&pull.schemas, &pull.names]).await,
+        Err(_) => return Vec::new(),
+    };
+    match rows {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|row| usize::try_from(row.get::<_, i64>(0) - 1).ok())
+            .filter_map(|index| pull.tables.get(index).cloned())
+            .collect(),
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the tracking registry; table filter unchecked");
+            Vec::new()
+        }
+    }
 }
 
 /// One identifier at the start of `text` (plain or quoted) and what follows it.
@@ -147,6 +181,14 @@ pub(super) async fn pull(
         .get(header::ACCEPT)
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.split(',').any(|t| t.split(';').next().unwrap_or("").trim() == NDJSON));
+    if !pull.tables.is_empty() {
+        let unknown = never_tracked(&state, &pull).await;
+        if !unknown.is_empty() {
+            return Err(ApiError::NotFound {
+                detail: json!({ "tables": unknown, "reason": "never tracked" }),
+            });
+        }
+    }
     let deadline = Instant::now() + pull.wait;
     let mut stored = state.stored.clone();
     let rows = loop {
@@ -246,8 +288,9 @@ mod tests {
     #[test]
     fn table_names_are_canonical() {
         for good in ["public.orders", "shop.\"Odd Name\"", "\"My\"\"Schema\".t_1", "a.\"b.c\""] {
-            assert!(is_table_name(good), "{good:?}");
+            assert!(parse_table_name(good).is_some(), "{good:?}");
         }
+        assert_eq!(parse_table_name("shop.\"Odd \"\"Name\"").unwrap(), ("shop".into(), "Odd \"Name".into()));
         for bad in [
             "orders",
             "public.",
@@ -259,7 +302,7 @@ mod tests {
             "a.\"\"",
             "a b.c",
         ] {
-            assert!(!is_table_name(bad), "{bad:?}");
+            assert_eq!(parse_table_name(bad), None, "{bad:?}");
         }
     }
 
@@ -273,6 +316,8 @@ mod tests {
                 after: 2,
                 limit: 5,
                 tables: vec!["public.a".into(), "public.b".into()],
+                schemas: vec!["public".into(), "public".into()],
+                names: vec!["a".into(), "b".into()],
                 wait: Duration::from_millis(1500)
             }
         );

@@ -32,23 +32,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct ApiState {
     /// The feed database.
-    pub feed: Arc<FeedConnection>,
+    pub feed: Arc<Database>,
+    /// The source database, for its tracking registry (which tables a filter may name).
+    pub source: Arc<Database>,
     /// The last position the streamer stored (committed), sent after each of its commits.
     pub stored: watch::Receiver<i64>,
     /// Whether the replication stream is connected.
     pub streaming: Arc<AtomicBool>,
 }
 
-/// One connection to the feed database, shared by every request (tokio-postgres pipelines
-/// concurrent queries), opened again when it is lost.
-pub struct FeedConnection {
+/// One connection to a database (the feed's or the source's), shared by every request
+/// (tokio-postgres pipelines concurrent queries), opened again when it is lost.
+pub struct Database {
     conninfo: ConnInfo,
     client: Mutex<Option<Arc<Client>>>,
 }
 
-impl FeedConnection {
-    pub fn new(conninfo: ConnInfo) -> FeedConnection {
-        FeedConnection { conninfo, client: Mutex::new(None) }
+impl Database {
+    pub fn new(conninfo: ConnInfo) -> Database {
+        Database { conninfo, client: Mutex::new(None) }
     }
 
     /// The open connection, connecting first when there is none or it was lost.
@@ -61,11 +63,11 @@ impl FeedConnection {
         let client = match tokio::time::timeout(CONNECT_TIMEOUT, self.conninfo.connect_sql()).await {
             Ok(Ok(client)) => Arc::new(client),
             Ok(Err(error)) => {
-                tracing::warn!(error = %error, "cannot connect to the feed database");
+                tracing::warn!(error = %error, "cannot connect to the database");
                 return Err(ApiError::Down);
             }
             Err(_elapsed) => {
-                tracing::warn!("connecting to the feed database timed out");
+                tracing::warn!("connecting to the database timed out");
                 return Err(ApiError::Down);
             }
         };
@@ -73,7 +75,7 @@ impl FeedConnection {
         Ok(client)
     }
 
-    /// Whether the feed database answers.
+    /// Whether the database answers.
     async fn probe(&self) -> Result<(), ApiError> {
         self.client().await?.simple_query("SELECT 1").await?;
         Ok(())
