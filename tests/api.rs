@@ -387,3 +387,41 @@ async fn readiness_follows_the_database_and_the_api_reconnects() {
     let changes = server.wait_for(2).await;
     assert_eq!(changes[1]["new"], json!({"id": 2}), "the API reconnected to the feed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_bigger_than_a_chunk_streams_whole() {
+    let (db, server) = start().await;
+    let mut client = db.client().await;
+    transaction(
+        &mut client,
+        None,
+        "INSERT INTO notes SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g",
+    )
+    .await;
+    let changes = server.wait_for(1000).await;
+    assert_eq!(changes.len(), 1000, "the default limit");
+    let (_, body) = server.get("/feed?limit=10000").await;
+    let changes = body["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2000);
+    for (n, change) in (1..).zip(changes) {
+        assert_eq!(change["position"], format!("{n:016x}"));
+        assert_eq!(change["new"]["id"], n);
+    }
+    assert_eq!((&body["next"], &body["up_to_date"]), (&json!("00000000000007d0"), &json!(true)));
+    let (_, body) = server.get("/feed?limit=1500").await;
+    assert_eq!(body["changes"].as_array().unwrap().len(), 1500);
+    assert_eq!((&body["next"], &body["up_to_date"]), (&json!("00000000000005dc"), &json!(false)));
+    let text = server
+        .http
+        .get(format!("{}/feed?limit=10000&after=0000000000000064", server.base))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 1900);
+    assert_eq!(lines[..], changes[100..]);
+}

@@ -4,13 +4,18 @@
 //! fields, assembled as text (nothing is parsed again). Positions are the feed's bigint as 16
 //! lowercase hex digits, so that they sort as the feed does; anything else is rejected.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, RowStream};
 
 use super::{ApiError, ApiState};
 use crate::decode::TableName;
@@ -191,57 +196,131 @@ pub(super) async fn pull(
     }
     let deadline = Instant::now() + pull.wait;
     let mut stored = state.stored.clone();
-    let rows = loop {
+    let fetch = pull.limit + 1;
+    let params: [&(dyn ToSql + Sync); 3] = [&pull.after, &pull.tables, &fetch];
+    let (rows, first) = loop {
         // Marked seen before the query: a commit after it wakes the wait below.
         stored.borrow_and_update();
         let client = state.feed.client().await?;
-        let rows = client.query(QUERY, &[&pull.after, &pull.tables, &(pull.limit + 1)]).await?;
-        if !rows.is_empty() || Instant::now() >= deadline {
-            break rows;
+        let mut rows = Box::pin(client.query_raw(QUERY, params).await?);
+        let first = rows.next().await.transpose()?;
+        if first.is_some() || Instant::now() >= deadline {
+            break (rows, first);
         }
         match tokio::time::timeout_at(deadline, stored.changed()).await {
             Ok(Ok(())) => continue,
             // The streamer stopped (the process ends) or time is up: nothing new.
-            Ok(Err(_)) | Err(_) => break rows,
+            Ok(Err(_)) | Err(_) => break (rows, first),
         }
     };
-    let up_to_date = rows.len() as i64 <= pull.limit;
-    let mut next = pull.after;
-    let mut changes = Vec::with_capacity(rows.len());
-    for row in rows.iter().take(pull.limit as usize) {
-        next = row.get(0);
-        changes.push(encode_change(next, row.get(1), row.get(2), row.get(3), row.get(4)));
-    }
-    if ndjson {
-        let mut body = String::with_capacity(changes.iter().map(|c| c.len() + 1).sum());
-        for change in &changes {
-            body.push_str(change);
-            body.push('\n');
-        }
-        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON))], body).into_response());
-    }
-    let mut body = String::with_capacity(changes.iter().map(|c| c.len() + 1).sum::<usize>() + 64);
-    body.push_str("{\"changes\":[");
-    for (index, change) in changes.iter().enumerate() {
-        if index > 0 {
-            body.push(',');
-        }
-        body.push_str(change);
-    }
-    body.push_str(&format!("],\"next\":\"{}\",\"up_to_date\":{up_to_date}}}", format_position(next)));
-    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+    let page = Page {
+        rows,
+        // A RowStream must not be polled again once it has ended.
+        exhausted: first.is_none(),
+        first,
+        limit: pull.limit,
+        count: 0,
+        next: pull.after,
+        ndjson,
+        started: false,
+        done: false,
+    };
+    let content_type = if ndjson { NDJSON } else { "application/json" };
+    let body = Body::from_stream(futures_util::stream::unfold(page, Page::chunk));
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
 }
 
-/// `{"position":…` + the stored body less its opening brace + the transaction's fields.
+/// A page of changes as it is streamed out: rows are turned into text as they arrive, in chunks of
+/// about [`CHUNK`] bytes, so that a page of big changes is never held whole.
+struct Page {
+    rows: Pin<Box<RowStream>>,
+    /// Whether `rows` has ended.
+    exhausted: bool,
+    /// The first row, read to know whether a long poll has something.
+    first: Option<Row>,
+    limit: i64,
+    count: i64,
+    /// The last position written (or `after`).
+    next: i64,
+    ndjson: bool,
+    started: bool,
+    done: bool,
+}
+
+/// Bytes gathered before they are sent.
+const CHUNK: usize = 64 << 10;
+
+impl Page {
+    /// The next chunk of the body; a failing query ends the body early (the client sees a cut
+    /// response, never a wrong one).
+    async fn chunk(mut self) -> Option<(Result<String, tokio_postgres::Error>, Page)> {
+        if self.done {
+            return None;
+        }
+        let mut out = String::new();
+        if !self.started && !self.ndjson {
+            out.push_str("{\"changes\":[");
+        }
+        self.started = true;
+        loop {
+            let row = match self.first.take() {
+                Some(row) => Some(row),
+                None if self.exhausted => None,
+                None => match self.rows.next().await.transpose() {
+                    Ok(row) => {
+                        self.exhausted = row.is_none();
+                        row
+                    }
+                    Err(error) => {
+                        tracing::error!(error = %error, "feed query failed while streaming a page");
+                        self.done = true;
+                        return Some((Err(error), self));
+                    }
+                },
+            };
+            match row {
+                Some(row) if self.count < self.limit => {
+                    if self.count > 0 && !self.ndjson {
+                        out.push(',');
+                    }
+                    self.next = row.get(0);
+                    encode_change(&mut out, self.next, row.get(1), row.get(2), row.get(3), row.get(4));
+                    if self.ndjson {
+                        out.push('\n');
+                    }
+                    self.count += 1;
+                    if out.len() >= CHUNK {
+                        return Some((Ok(out), self));
+                    }
+                }
+                // The row past the limit says there is more; the end of the rows that there is not.
+                more => {
+                    if !self.ndjson {
+                        let up_to_date = more.is_none();
+                        out.push_str(&format!(
+                            "],\"next\":\"{}\",\"up_to_date\":{up_to_date}}}",
+                            format_position(self.next)
+                        ));
+                    }
+                    self.done = true;
+                    return Some((Ok(out), self));
+                }
+            }
+        }
+    }
+}
+
+/// Appends `{"position":…` + the stored body less its opening brace + the transaction's fields.
 fn encode_change(
+    out: &mut String,
     position: i64,
     body: &str,
     xid: Option<&str>,
     committed_at: Option<&str>,
     context: Option<&str>,
-) -> String {
+) {
     let body = body.strip_prefix('{').unwrap_or(body);
-    let mut out = String::with_capacity(body.len() + 128 + context.map_or(0, str::len));
+    out.reserve(body.len() + 128 + context.map_or(0, str::len));
     out.push_str("{\"position\":\"");
     out.push_str(&format_position(position));
     out.push_str("\",");
@@ -260,7 +339,6 @@ fn encode_change(
     out.push_str(",\"context\":");
     out.push_str(context.unwrap_or("null"));
     out.push('}');
-    out
 }
 
 #[cfg(test)]
@@ -339,7 +417,9 @@ mod tests {
 
     #[test]
     fn changes_are_assembled_from_the_stored_body() {
-        let change = encode_change(
+        let mut change = String::new();
+        encode_change(
+            &mut change,
             3,
             "{\"lsn\":\"0/1\",\"op\":\"insert\"",
             Some("7"),
