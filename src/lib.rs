@@ -9,9 +9,11 @@
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
 //! - [`pipeline`]: the streaming loop every consumer shares, and the [`pipeline::Sink`] seam;
 //! - [`feed`], [`run`]: the feed store and the streamer that fills it;
+//! - [`api`]: the HTTP API that serves the feed;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
 
+pub mod api;
 pub mod assemble;
 pub mod decode;
 pub mod feed;

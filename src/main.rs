@@ -64,6 +64,9 @@ struct RunArgs {
     /// Exit once the feed holds everything up to this LSN (for tests and benchmarks).
     #[arg(long)]
     endpos: Option<Lsn>,
+    /// Address the HTTP API listens on (port 0: any free port, logged).
+    #[arg(long, env = "PUBSUBPULL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -184,7 +187,11 @@ async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
         retention: args.retention,
         endpos: args.endpos,
     };
-    run::run(&options).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "api listening");
+    run::run(&options, listener).await?;
     Ok(())
 }
 
@@ -213,6 +220,7 @@ async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
         start: Lsn::ZERO,
         // stdout is flushed once a second, as pg_recvlogical does (it may be a slow pipe).
         flush_interval: std::time::Duration::from_secs(1),
+        streaming: None,
     };
     let summary = tail::tail(&conninfo, &options, std::io::stdout().lock()).await?;
     tracing::info!(

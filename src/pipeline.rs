@@ -9,6 +9,8 @@
 //! So the next start (from the slot's confirmed position) gives again at most what the sink had
 //! not made durable: at-least-once, whole transactions.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::assemble::{AssembleError, Assembler, Step, Transaction};
@@ -98,6 +100,8 @@ pub struct StreamOptions {
     /// Where to start: the server skips transactions whose commit record starts before it (the
     /// sink's checkpoint); `Lsn::ZERO` starts at the slot's confirmed position.
     pub start: Lsn,
+    /// Set once the replication stream has started (for readiness); the caller clears it.
+    pub streaming: Option<Arc<AtomicBool>>,
 }
 
 /// Why streaming stopped.
@@ -145,6 +149,9 @@ pub async fn stream<S: Sink>(
         Plugin::TestDecoding => decode::test_decoding::start_options(),
     };
     let stream = replication.start(&slot, options.start, &start_options).await?;
+    if let Some(streaming) = &options.streaming {
+        streaming.store(true, Ordering::Relaxed);
+    }
     let mut pipeline = Pipeline {
         stream,
         sql: &sql,

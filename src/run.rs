@@ -1,7 +1,15 @@
-//! `pubsubpull run`: the streamer. The slot's stream, assembled and joined with its audit context,
-//! into the feed; restarted from the feed's checkpoint after any failure, with backoff.
+//! `pubsubpull run`: the streamer and the HTTP API. The slot's stream, assembled and joined with
+//! its audit context, into the feed; restarted from the feed's checkpoint after any failure, with
+//! backoff. The API serves the feed alongside and stops with the streamer.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::api::{self, ApiState, Database};
 
 use crate::decode::Plugin;
 use crate::feed::FeedWriter;
@@ -28,12 +36,50 @@ pub struct RunOptions {
     pub endpos: Option<Lsn>,
 }
 
-/// Streams into the feed until a signal (or `endpos`); transient failures (a lost connection, a
-/// restarting server) restart the stream from the feed's checkpoint.
-pub async fn run(options: &RunOptions) -> Result<(), PipelineError> {
+/// How long requests in flight may take to finish once the streamer has stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Streams into the feed until a signal (or `endpos`) while the API serves on `listener`;
+/// transient failures (a lost connection, a restarting server) restart the stream from the feed's
+/// checkpoint. The API stops with the streamer.
+pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), PipelineError> {
+    let (stored, stored_receiver) = watch::channel(0_i64);
+    let streaming = Arc::new(AtomicBool::new(false));
+    let state = ApiState {
+        feed: Arc::new(Database::new(options.feed.clone())),
+        source: Arc::new(Database::new(options.source.clone())),
+        stored: stored_receiver,
+        streaming: Arc::clone(&streaming),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(error) = api::serve(listener, state, shutdown).await {
+            tracing::error!(error = %error, "the api server failed");
+        }
+    });
+    let result = stream(options, &stored, &streaming).await;
+    // Long polls end when the last sender goes; then the server drains.
+    drop(stored);
+    let _ = stop.send(());
+    if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+        tracing::warn!("requests in flight did not finish in time");
+    }
+    result
+}
+
+async fn stream(
+    options: &RunOptions,
+    stored: &watch::Sender<i64>,
+    streaming: &Arc<AtomicBool>,
+) -> Result<(), PipelineError> {
     let mut backoff = BACKOFF.0;
     loop {
-        match run_once(options).await {
+        let once = run_once(options, stored, streaming).await;
+        streaming.store(false, Ordering::Relaxed);
+        match once {
             Ok(Stopped::Signal | Stopped::AtEndpos) => return Ok(()),
             Ok(Stopped::ByServer) => {
                 tracing::warn!("the server ended the stream; reconnecting");
@@ -49,10 +95,14 @@ pub async fn run(options: &RunOptions) -> Result<(), PipelineError> {
     }
 }
 
-async fn run_once(options: &RunOptions) -> Result<Stopped, PipelineError> {
+async fn run_once(
+    options: &RunOptions,
+    stored: &watch::Sender<i64>,
+    streaming: &Arc<AtomicBool>,
+) -> Result<Stopped, PipelineError> {
     let feed = options.feed.connect_sql().await?;
-    let mut writer =
-        FeedWriter::open(feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))?;
+    let writer = FeedWriter::open(feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))?;
+    let mut writer = writer.notify(stored.clone());
     let stream_options = StreamOptions {
         plugin: options.plugin,
         slot: SlotChoice::Named(options.slot.clone()),
@@ -61,6 +111,7 @@ async fn run_once(options: &RunOptions) -> Result<Stopped, PipelineError> {
         retention: Some(options.retention),
         start: writer.durable(),
         flush_interval: FLUSH_INTERVAL,
+        streaming: Some(Arc::clone(streaming)),
     };
     tracing::info!(slot = %options.slot, start = %writer.durable(), "streaming into the feed");
     let (stopped, summary) = pipeline::stream(&options.source, &stream_options, &mut writer).await?;

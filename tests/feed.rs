@@ -20,7 +20,7 @@ fn pubsubpull(args: &[&str]) -> Output {
 
 fn spawn_run(url: &str, slot: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
-        .args(["run", "--database-url", url, "--slot", slot])
+        .args(["run", "--database-url", url, "--slot", slot, "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start pubsubpull run")
@@ -125,7 +125,17 @@ async fn the_feed_is_exact_after_twenty_kills() {
     stop.store(true, Ordering::Relaxed);
     let transactions = writer.await.unwrap();
     let endpos = db.current_lsn();
-    pubsubpull(&["run", "--database-url", &url, "--slot", &slot, "--endpos", &endpos]);
+    pubsubpull(&[
+        "run",
+        "--database-url",
+        &url,
+        "--slot",
+        &slot,
+        "--endpos",
+        &endpos,
+        "--listen",
+        "127.0.0.1:0",
+    ]);
 
     let stored = feed(&url);
     let expected = reference(&url, &reference_slot, &endpos);

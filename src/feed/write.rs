@@ -9,6 +9,7 @@ use std::pin::Pin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::SinkExt;
+use tokio::sync::watch;
 use tokio_postgres::{Client, CopyInSink};
 
 use crate::assemble::Transaction;
@@ -54,6 +55,8 @@ pub struct FeedWriter {
     copy_holds_current: bool,
     /// Scratch space for one change object.
     line: Vec<u8>,
+    /// Told the last committed position after each database COMMIT (long polls wake on it).
+    stored: Option<watch::Sender<i64>>,
 }
 
 impl FeedWriter {
@@ -99,7 +102,15 @@ impl FeedWriter {
             copy: None,
             copy_holds_current: false,
             line: Vec::with_capacity(4096),
+            stored: None,
         })
+    }
+
+    /// Tells `stored` the last committed position now and after each database COMMIT.
+    pub fn notify(mut self, stored: watch::Sender<i64>) -> FeedWriter {
+        stored.send_replace(self.committed_position);
+        self.stored = Some(stored);
+        self
     }
 
     /// Where the stored stream ends: the stream restarts from here.
@@ -214,6 +225,10 @@ impl Sink for FeedWriter {
             .await?;
         self.client.batch_execute("COMMIT").await?;
         self.durable = up_to.max(self.durable);
+        if let Some(stored) = &self.stored {
+            let position = self.committed_position;
+            stored.send_if_modified(|last| std::mem::replace(last, position) != position);
+        }
         Ok(self.durable)
     }
 }

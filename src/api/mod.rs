@@ -1,0 +1,111 @@
+//! The HTTP API (axum): `GET /feed` pulls the feed, `GET /healthz` and `GET /readyz` say whether
+//! the process serves and whether it streams. One file per resource; errors in [`error`].
+//!
+//! Guarantees: a pull never sees part of a transaction (the feed commits transactions whole); a
+//! long poll wakes as soon as the streamer commits a new position (it is told through a watch
+//! channel, not by polling the database).
+
+mod error;
+mod feed;
+mod health;
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex};
+use tokio_postgres::Client;
+
+use crate::source::ConnInfo;
+
+pub use error::ApiError;
+pub use feed::{format_position, parse_position};
+
+/// How long connecting to the feed database may take before a request gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The feed database.
+    pub feed: Arc<Database>,
+    /// The source database, for its tracking registry (which tables a filter may name).
+    pub source: Arc<Database>,
+    /// The last position the streamer stored (committed), sent after each of its commits.
+    pub stored: watch::Receiver<i64>,
+    /// Whether the replication stream is connected.
+    pub streaming: Arc<AtomicBool>,
+}
+
+/// One connection to a database (the feed's or the source's), shared by every request
+/// (tokio-postgres pipelines concurrent queries), opened again when it is lost.
+pub struct Database {
+    conninfo: ConnInfo,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl Database {
+    pub fn new(conninfo: ConnInfo) -> Database {
+        Database { conninfo, client: Mutex::new(None) }
+    }
+
+    /// The open connection, connecting first when there is none or it was lost.
+    async fn client(&self) -> Result<Arc<Client>, ApiError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|client| !client.is_closed()) {
+            return Ok(Arc::clone(client));
+        }
+        *slot = None;
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, self.conninfo.connect_sql()).await {
+            Ok(Ok(client)) => Arc::new(client),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "cannot connect to the database");
+                return Err(ApiError::Down);
+            }
+            Err(_elapsed) => {
+                tracing::warn!("connecting to the database timed out");
+                return Err(ApiError::Down);
+            }
+        };
+        *slot = Some(Arc::clone(&client));
+        Ok(client)
+    }
+
+    /// Whether the database answers.
+    async fn probe(&self) -> Result<(), ApiError> {
+        self.client().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// The API's routes. Methods a route does not support get 405 with an `Allow` header; unknown
+/// paths get 404, both with the JSON error body.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/feed", get(feed::pull).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }))
+        .route(
+            "/healthz",
+            get(health::healthz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
+        .route(
+            "/readyz",
+            get(health::readyz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::NotFound { detail: serde_json::json!({ "path": uri.path() }) }
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

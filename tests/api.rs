@@ -1,0 +1,429 @@
+//! The pull API over real HTTP: `pubsubpull run --listen` started as a child process against a
+//! fresh database; changes pulled in order with their positions, transaction fields and context,
+//! paged, filtered, streamed as NDJSON and long-polled; bad requests answered with the JSON error.
+
+mod support;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::TestDb;
+
+/// A running `pubsubpull run` and the base URL of its API; killed when dropped.
+struct Server {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pubsubpull(args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_pubsubpull")).args(args).output().expect("run pubsubpull");
+    assert!(output.status.success(), "pubsubpull {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A database with `orders` and `notes` tracked, and the streamer with its API, ready.
+async fn start() -> (TestDb, Server) {
+    let db = TestDb::new();
+    let url = db.url();
+    pubsubpull(&["migrate", "--database-url", &url]);
+    db.sql("CREATE TABLE orders (id int PRIMARY KEY, total numeric); CREATE TABLE notes (id int PRIMARY KEY, body text)");
+    pubsubpull(&["track", "--database-url", &url, "orders", "notes"]);
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["run", "--database-url", &url, "--slot", &db.slot("api")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start pubsubpull run");
+    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = server.http.get(format!("{}/readyz", server.base)).send().await {
+            if response.status() == StatusCode::OK {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the streamer did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (db, server)
+}
+
+impl Server {
+    async fn get(&self, path_and_query: &str) -> (StatusCode, Value) {
+        let response = self.http.get(format!("{}{path_and_query}", self.base)).send().await.unwrap();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path_and_query}: {e}: {body}")))
+    }
+
+    /// Pulls until `count` changes are there (long polls, so no busy loop).
+    async fn wait_for(&self, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get("/feed?wait=1").await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let changes = body["changes"].as_array().unwrap().clone();
+            if changes.len() >= count {
+                return changes;
+            }
+            assert!(Instant::now() < deadline, "only {} changes arrived", changes.len());
+        }
+    }
+}
+
+/// Runs `sql` in one transaction with `context`, returning its xid.
+async fn transaction(client: &mut tokio_postgres::Client, context: Option<Value>, sql: &str) -> i64 {
+    let txn = client.transaction().await.unwrap();
+    if let Some(context) = context {
+        txn.execute("SELECT pubsubpull.set_context($1::text::jsonb)", &[&context.to_string()]).await.unwrap();
+    }
+    txn.batch_execute(sql).await.unwrap();
+    let xid: String = txn.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
+    txn.commit().await.unwrap();
+    xid.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_pages_filters_and_streams_the_feed() {
+    let (db, server) = start().await;
+    let mut client = db.client().await;
+    let alice = transaction(
+        &mut client,
+        Some(json!({"user": "alice"})),
+        "INSERT INTO orders VALUES (1, 10.50), (2, 3)",
+    )
+    .await;
+    let plain = transaction(&mut client, None, "INSERT INTO notes VALUES (1, 'hello')").await;
+    let bob =
+        transaction(&mut client, Some(json!({"user": "bob"})), "UPDATE orders SET total = 11 WHERE id = 1")
+            .await;
+
+    let changes = server.wait_for(4).await;
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    let positions: Vec<&str> = changes.iter().map(|c| c["position"].as_str().unwrap()).collect();
+    assert_eq!(positions, ["0000000000000001", "0000000000000002", "0000000000000003", "0000000000000004"]);
+    let expected = [
+        ("public.orders", "insert", alice, json!({"user": "alice"}), json!({"id": 1, "total": "10.50"})),
+        ("public.orders", "insert", alice, json!({"user": "alice"}), json!({"id": 2, "total": "3"})),
+        ("public.notes", "insert", plain, Value::Null, json!({"id": 1, "body": "hello"})),
+        ("public.orders", "update", bob, json!({"user": "bob"}), json!({"id": 1, "total": "11"})),
+    ];
+    let now = chrono::Utc::now();
+    for (change, (table, op, xid, app, new)) in changes.iter().zip(expected) {
+        assert_eq!(change["table"], table, "{change}");
+        assert_eq!(change["op"], op, "{change}");
+        assert_eq!(change["xid"], xid, "{change}");
+        assert_eq!(change["new"], new, "{change}");
+        assert_eq!(change["context"]["app"], app, "{change}");
+        assert_eq!(change["context"]["db_user"], "postgres", "{change}");
+        let committed_at = change["committed_at"].as_str().unwrap();
+        assert!(
+            committed_at.len() == 27 && committed_at.ends_with('Z'),
+            "RFC 3339 UTC, microseconds: {committed_at}"
+        );
+        let at = chrono::DateTime::parse_from_rfc3339(committed_at).unwrap();
+        assert!((now - at.with_timezone(&chrono::Utc)).num_seconds().abs() < 60, "{committed_at}");
+        assert!(change["lsn"].is_string(), "{change}");
+    }
+    assert_eq!(changes[0]["committed_at"], changes[1]["committed_at"], "one transaction, one commit time");
+
+    // The whole body of an unfiltered pull.
+    let (_, body) = server.get("/feed").await;
+    assert_eq!(body["next"], "0000000000000004");
+    assert_eq!(body["up_to_date"], true);
+    let (_, body) = server.get("/feed?after=0000000000000004").await;
+    assert_eq!(body, json!({"changes": [], "next": "0000000000000004", "up_to_date": true}));
+
+    // Paging one at a time: every change once, in order, then up to date.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let query = if after.is_empty() {
+            "/feed?limit=1".to_owned()
+        } else {
+            format!("/feed?limit=1&after={after}")
+        };
+        let (status, body) = server.get(&query).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        paged.extend(body["changes"].as_array().unwrap().iter().cloned());
+        after = body["next"].as_str().unwrap().to_owned();
+        if body["up_to_date"] == true {
+            break;
+        }
+        assert!(paged.len() <= 4, "paging ends");
+    }
+    assert_eq!(paged, changes, "paging gives every change once, in order");
+    let (_, body) = server.get("/feed?limit=2").await;
+    assert_eq!((body["next"].as_str(), &body["up_to_date"]), (Some("0000000000000002"), &json!(false)));
+
+    // Filters.
+    let (_, body) = server.get("/feed?table=public.notes").await;
+    assert_eq!(body["changes"], json!([changes[2]]));
+    assert_eq!(body["next"], "0000000000000003");
+    let (_, body) = server.get("/feed?table=public.orders&table=public.notes").await;
+    assert_eq!(body["changes"], json!(changes));
+    let (_, body) = server.get("/feed?table=public.orders&after=0000000000000002").await;
+    assert_eq!(body["changes"], json!([changes[3]]));
+
+    // NDJSON: the same changes, one per line.
+    let response = server
+        .http
+        .get(format!("{}/feed", server.base))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines, changes);
+    assert!(text.ends_with('\n'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_returns_as_soon_as_a_change_is_stored() {
+    let (db, server) = start().await;
+    let mut client = db.client().await;
+    transaction(&mut client, None, "INSERT INTO orders VALUES (1, 1)").await;
+    let last = server.wait_for(1).await[0]["position"].as_str().unwrap().to_owned();
+
+    // Nothing new: the poll waits its whole time and says so.
+    let started = Instant::now();
+    let (_, body) = server.get(&format!("/feed?after={last}&wait=1")).await;
+    let waited = started.elapsed();
+    assert_eq!(body, json!({"changes": [], "next": last, "up_to_date": true}));
+    assert!(waited >= Duration::from_millis(950) && waited < Duration::from_secs(3), "waited {waited:?}");
+
+    let mut worst = Duration::ZERO;
+    let mut after = last;
+    for round in 0..5 {
+        let poll = {
+            let (http, url) = (server.http.clone(), format!("{}/feed?after={after}&wait=10", server.base));
+            tokio::spawn(async move {
+                let body: Value =
+                    serde_json::from_str(&http.get(url).send().await.unwrap().text().await.unwrap()).unwrap();
+                (body, Instant::now())
+            })
+        };
+        // The poll is in: the server waits on the watch channel before we commit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished(), "the poll waits for a change");
+        transaction(
+            &mut client,
+            Some(json!({"round": round})),
+            &format!("SET LOCAL synchronous_commit = on; INSERT INTO orders VALUES ({}, 2)", round + 10),
+        )
+        .await;
+        let committed = Instant::now();
+        let (body, answered) = poll.await.unwrap();
+        let latency = answered - committed;
+        worst = worst.max(latency);
+        println!("long poll round {round}: commit to response {latency:?}");
+        let changes = body["changes"].as_array().unwrap();
+        assert_eq!(changes.len(), 1, "{body}");
+        assert_eq!(changes[0]["context"]["app"], json!({"round": round}));
+        after = body["next"].as_str().unwrap().to_owned();
+    }
+    println!("long poll: worst commit to response {worst:?}");
+    // The commit is flushed at once (the test cluster runs with synchronous_commit = off, where the
+    // WAL writer would take up to 200 ms before the walsender may send it); the streamer stores
+    // within its 50 ms flush interval and the poll wakes on that COMMIT at once: 300 ms leaves
+    // room for this loaded 2-core machine.
+    assert!(worst < Duration::from_millis(300), "commit to response took {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_health_is_served() {
+    let (db, server) = start().await;
+    for query in [
+        "after=1",
+        "after=000000000000001A",
+        "after=-000000000000001",
+        "after=zzzzzzzzzzzzzzzz",
+        "limit=0",
+        "limit=abc",
+        "limit=100000",
+        "wait=-1",
+        "wait=61",
+        "table=orders",
+        "table=public.Orders",
+        "table=public.",
+        "limit=1&limit=2",
+        "colour=blue",
+    ] {
+        let (status, body) = server.get(&format!("/feed?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body["error"].is_string() && body.get("detail").is_some(), "{query}: {body}");
+    }
+    for method in
+        [reqwest::Method::POST, reqwest::Method::PATCH, reqwest::Method::PUT, reqwest::Method::DELETE]
+    {
+        let response =
+            server.http.request(method.clone(), format!("{}/feed", server.base)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(response.headers()["allow"], "GET", "{method}");
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "method not allowed");
+    }
+    // Tables never tracked are not found; one tracked before still has its changes.
+    let (status, body) = server.get("/feed?table=public.orders&table=public.nope&table=shop.\"X\"").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["detail"]["tables"], json!(["public.nope", "shop.\"X\""]), "{body}");
+    pubsubpull(&["untrack", "--database-url", &db.url(), "notes"]);
+    let (status, body) = server.get("/feed?table=public.notes").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server.get("/nothing/here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"], "not found");
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["detail"], json!({"replication": "connected", "feed": "reachable"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_with_the_streamer() {
+    let (_db, mut server) = start().await;
+    let poll = {
+        let (http, url) = (server.http.clone(), format!("{}/feed?wait=30", server.base));
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) })
+    };
+    // The poll is in before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "run did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("sigterm: the process exited after {:?}", signalled.elapsed());
+    assert!(status.success(), "run exits cleanly on SIGTERM: {status}");
+    // The long poll in flight was answered (nothing new) rather than cut off.
+    assert_eq!(poll.await.unwrap().unwrap(), StatusCode::OK);
+    assert!(server.http.get(format!("{}/healthz", server.base)).send().await.is_err(), "no longer serving");
+}
+
+/// Polls `GET path` until it answers `status`, returning the body.
+async fn wait_for_status(server: &Server, path: &str, status: StatusCode) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Connections are refused until the process listens.
+        if let Ok(response) = server.http.get(format!("{}{path}", server.base)).send().await {
+            let got = response.status();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            if got == status {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{path} stayed {got}: {body}");
+        }
+        assert!(Instant::now() < deadline, "{path} never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_database_and_the_api_reconnects() {
+    let cluster = support::cluster::TempCluster::start("wal_level = logical", &[]);
+    let url = cluster.url("postgres");
+    pubsubpull(&["migrate", "--database-url", &url]);
+    let psql = |sql: &str| {
+        let output = Command::new(support::bindir().join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", sql])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{sql}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    psql("CREATE TABLE orders (id int PRIMARY KEY)");
+    pubsubpull(&["track", "--database-url", &url, "orders"]);
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["run", "--database-url", &url, "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap();
+    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
+    wait_for_status(&server, "/readyz", StatusCode::OK).await;
+    psql("INSERT INTO orders VALUES (1)");
+    assert_eq!(server.wait_for(1).await.len(), 1);
+
+    cluster.stop("fast");
+    let body = wait_for_status(&server, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["error"], "not ready");
+    let body = wait_for_status(&server, "/readyz", StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["detail"]["feed"], "unreachable", "{body}");
+    let (status, body) = server.get("/feed").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "the feed is unavailable, retry later", "detail": null}),
+        "no internals"
+    );
+    assert_eq!(server.get("/healthz").await.0, StatusCode::OK, "alive while the database is down");
+
+    cluster.start_again();
+    let body = wait_for_status(&server, "/readyz", StatusCode::OK).await;
+    assert_eq!(body["detail"], json!({"replication": "connected", "feed": "reachable"}));
+    psql("INSERT INTO orders VALUES (2)");
+    let changes = server.wait_for(2).await;
+    assert_eq!(changes[1]["new"], json!({"id": 2}), "the API reconnected to the feed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_bigger_than_a_chunk_streams_whole() {
+    let (db, server) = start().await;
+    let mut client = db.client().await;
+    transaction(
+        &mut client,
+        None,
+        "INSERT INTO notes SELECT g, repeat('x', 500) FROM generate_series(1, 2000) g",
+    )
+    .await;
+    let changes = server.wait_for(1000).await;
+    assert_eq!(changes.len(), 1000, "the default limit");
+    let started = Instant::now();
+    let (_, body) = server.get("/feed?limit=10000").await;
+    println!("a page of 2000 changes of 0.5 kB: {:?}", started.elapsed());
+    let changes = body["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2000);
+    for (n, change) in (1..).zip(changes) {
+        assert_eq!(change["position"], format!("{n:016x}"));
+        assert_eq!(change["new"]["id"], n);
+    }
+    assert_eq!((&body["next"], &body["up_to_date"]), (&json!("00000000000007d0"), &json!(true)));
+    let (_, body) = server.get("/feed?limit=1500").await;
+    assert_eq!(body["changes"].as_array().unwrap().len(), 1500);
+    assert_eq!((&body["next"], &body["up_to_date"]), (&json!("00000000000005dc"), &json!(false)));
+    let text = server
+        .http
+        .get(format!("{}/feed?limit=10000&after=0000000000000064", server.base))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 1900);
+    assert_eq!(lines[..], changes[100..]);
+}
