@@ -15,7 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::TestDb;
+use support::{run, TestDb};
 
 /// The application's database role (a cluster role of the harness, not a superuser) and the
 /// application_name its connections report.
@@ -51,17 +51,6 @@ fn python() -> PathBuf {
         installed.display()
     );
     python
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 fn pubsubpull(db: &TestDb, args: &[&str]) -> Output {
