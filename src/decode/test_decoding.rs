@@ -496,14 +496,6 @@ mod tests {
 
     static CATALOG: LazyLock<Catalog> = LazyLock::new(fixtures::catalog);
 
-    fn decode_fixtures() -> Vec<Event> {
-        fixtures::decode_all(Plugin::TestDecoding)
-    }
-
-    fn changes<'a>(events: &'a [Event], schema: &str, table: &str) -> Vec<&'a Change> {
-        fixtures::changes_of(events, schema, table)
-    }
-
     fn json<T: serde::Serialize>(value: &T) -> String {
         serde_json::to_string(value).unwrap()
     }
@@ -528,8 +520,8 @@ mod tests {
 
     #[test]
     fn maps_every_kind_of_value() {
-        let events = decode_fixtures();
-        let kinds = changes(&events, "public", "kinds");
+        let events = fixtures::decode_all(Plugin::TestDecoding);
+        let kinds = fixtures::changes_of(&events, "public", "kinds");
         let rows: Vec<String> = kinds.iter().map(|change| json(&change.new)).collect();
         // The same row as wal2json's and pgoutput's.
         assert_eq!(
@@ -554,7 +546,7 @@ mod tests {
 
     #[test]
     fn frames_transactions() {
-        let events = decode_fixtures();
+        let events = fixtures::decode_all(Plugin::TestDecoding);
         assert_eq!(events[0], Event::Begin(Begin { xid: Some(810), final_lsn: None, committed_at: None }));
         assert_eq!(
             events[4],
@@ -570,8 +562,8 @@ mod tests {
 
     #[test]
     fn full_identity_gives_whole_old_rows_less_nulls() {
-        let events = decode_fixtures();
-        let full = changes(&events, "public", "full_identity");
+        let events = fixtures::decode_all(Plugin::TestDecoding);
+        let full = fixtures::changes_of(&events, "public", "full_identity");
         let olds: Vec<_> = full.iter().map(|c| (c.op, json(&c.key), json(&c.old))).skip(2).collect();
         assert_eq!(
             olds,
@@ -581,7 +573,7 @@ mod tests {
                 (Op::Delete, r#"{"id":1}"#.to_owned(), r#"{"id":1,"v":"A","n":10}"#.to_owned()),
             ]
         );
-        let nokey = changes(&events, "public", "nokey");
+        let nokey = fixtures::changes_of(&events, "public", "nokey");
         assert_eq!(json(&nokey[2].key), r#"{"a":2,"b":null}"#);
         // test_decoding leaves NULL columns out of old images: b was NULL.
         assert_eq!(json(&nokey[3].old), r#"{"a":2}"#);
@@ -596,8 +588,8 @@ mod tests {
 
     #[test]
     fn unchanged_toast_is_filled_from_old_images_or_named() {
-        let events = decode_fixtures();
-        let toasty = changes(&events, "public", "toasty");
+        let events = fixtures::decode_all(Plugin::TestDecoding);
+        let toasty = fixtures::changes_of(&events, "public", "toasty");
         let big = match toasty[0].new.as_ref().and_then(|new| new.get("big")) {
             Some(Value::Text(big)) => big.clone(),
             other => panic!("{other:?}"),
@@ -606,7 +598,7 @@ mod tests {
         assert_eq!(json(&toasty[1].new), r#"{"id":1,"small":"changed"}"#);
         assert_eq!(toasty[1].unchanged, [Arc::from("big")]);
         assert!(toasty[1].old.is_none());
-        let update = changes(&events, "public", "toasty_full")[1];
+        let update = fixtures::changes_of(&events, "public", "toasty_full")[1];
         let new = update.new.as_ref().unwrap();
         assert_eq!(new.0.iter().map(|(name, _)| &**name).collect::<Vec<_>>(), ["id", "small", "big"]);
         assert_eq!(new.get("small"), Some(&Value::Text("changed".into())));
@@ -617,8 +609,8 @@ mod tests {
 
     #[test]
     fn reads_quoted_identifiers_and_type_names() {
-        let events = decode_fixtures();
-        let odd = changes(&events, "Odd Schema", "Tab\"le é");
+        let events = fixtures::decode_all(Plugin::TestDecoding);
+        let odd = fixtures::changes_of(&events, "Odd Schema", "Tab\"le é");
         assert_eq!(odd.len(), 3);
         assert_eq!(json(&odd[0].new), r#"{"Col Space":1,"UPPER":"UP","quo\"te":"q\"uote","ünï":"ü"}"#);
         assert_eq!(
@@ -652,7 +644,7 @@ mod tests {
 
     #[test]
     fn matches_the_golden_file() {
-        golden::check("test_decoding.expected.ndjson", &decode_fixtures());
+        golden::check("test_decoding.expected.ndjson", &fixtures::decode_all(Plugin::TestDecoding));
     }
 
     #[test]

@@ -323,14 +323,6 @@ mod tests {
 
     static CATALOG: LazyLock<Catalog> = LazyLock::new(fixtures::catalog);
 
-    fn decode_fixtures() -> Vec<Event> {
-        fixtures::decode_all(Plugin::Wal2json)
-    }
-
-    fn changes<'a>(events: &'a [Event], schema: &str, table: &str) -> Vec<&'a Change> {
-        fixtures::changes_of(events, schema, table)
-    }
-
     fn json<T: serde::Serialize>(value: &T) -> String {
         serde_json::to_string(value).unwrap()
     }
@@ -347,8 +339,8 @@ mod tests {
 
     #[test]
     fn maps_every_kind_of_value() {
-        let events = decode_fixtures();
-        let kinds = changes(&events, "public", "kinds");
+        let events = fixtures::decode_all(Plugin::Wal2json);
+        let kinds = fixtures::changes_of(&events, "public", "kinds");
         let rows: Vec<String> = kinds.iter().map(|change| json(&change.new)).collect();
         assert_eq!(rows[0], KINDS_ROW_1);
         // wal2json prints NaN and the infinities as null: they cannot be told from NULL.
@@ -372,7 +364,7 @@ mod tests {
 
     #[test]
     fn frames_transactions() {
-        let events = decode_fixtures();
+        let events = fixtures::decode_all(Plugin::Wal2json);
         let Event::Begin(begin) = &events[0] else { panic!("{:?}", events[0]) };
         assert_eq!(begin.xid, Some(810));
         assert_eq!(begin.final_lsn, Some(lsn("0/1E447A0")));
@@ -386,8 +378,8 @@ mod tests {
 
     #[test]
     fn full_identity_gives_whole_old_rows() {
-        let events = decode_fixtures();
-        let full = changes(&events, "public", "full_identity");
+        let events = fixtures::decode_all(Plugin::Wal2json);
+        let full = fixtures::changes_of(&events, "public", "full_identity");
         let olds: Vec<_> = full.iter().map(|c| (c.op, json(&c.key), json(&c.old))).skip(2).collect();
         assert_eq!(
             olds,
@@ -398,7 +390,7 @@ mod tests {
             ]
         );
         // A table without key: every column is the key; its deletes carry the whole old row.
-        let nokey = changes(&events, "public", "nokey");
+        let nokey = fixtures::changes_of(&events, "public", "nokey");
         assert_eq!(json(&nokey[2].key), r#"{"a":2,"b":null}"#);
         assert_eq!(json(&nokey[3].old), r#"{"a":2,"b":null}"#);
         assert_eq!(json(&nokey[3].key), r#"{"a":2,"b":"y"}"#);
@@ -412,8 +404,8 @@ mod tests {
 
     #[test]
     fn unchanged_toast_is_filled_from_full_old_images_only() {
-        let events = decode_fixtures();
-        let toasty = changes(&events, "public", "toasty");
+        let events = fixtures::decode_all(Plugin::Wal2json);
+        let toasty = fixtures::changes_of(&events, "public", "toasty");
         let big = match toasty[0].new.as_ref().and_then(|new| new.get("big")) {
             Some(Value::Text(big)) => big.clone(),
             other => panic!("{other:?}"),
@@ -422,7 +414,7 @@ mod tests {
         // Default identity: wal2json leaves the column out and nothing says it exists.
         assert_eq!(json(&toasty[1].new), r#"{"id":1,"small":"changed"}"#);
         assert!(toasty[1].unchanged.is_empty() && toasty[1].old.is_none());
-        let full = changes(&events, "public", "toasty_full");
+        let full = fixtures::changes_of(&events, "public", "toasty_full");
         let update = full[1];
         let new = update.new.as_ref().unwrap();
         assert_eq!(new.0.iter().map(|(name, _)| &**name).collect::<Vec<_>>(), ["id", "small", "big"]);
@@ -434,8 +426,8 @@ mod tests {
 
     #[test]
     fn reads_quoted_identifiers() {
-        let events = decode_fixtures();
-        let odd = changes(&events, "Odd Schema", "Tab\"le é");
+        let events = fixtures::decode_all(Plugin::Wal2json);
+        let odd = fixtures::changes_of(&events, "Odd Schema", "Tab\"le é");
         assert_eq!(odd.len(), 3);
         assert_eq!(json(&odd[0].new), r#"{"Col Space":1,"UPPER":"UP","quo\"te":"q\"uote","ünï":"ü"}"#);
         assert_eq!(
@@ -448,7 +440,7 @@ mod tests {
 
     #[test]
     fn matches_the_golden_file() {
-        golden::check("wal2json.expected.ndjson", &decode_fixtures());
+        golden::check("wal2json.expected.ndjson", &fixtures::decode_all(Plugin::Wal2json));
     }
 
     #[test]
