@@ -101,7 +101,9 @@ async fn run_once(
     streaming: &Arc<AtomicBool>,
 ) -> Result<Stopped, PipelineError> {
     let feed = options.feed.connect_sql().await?;
-    let writer = FeedWriter::open(feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))?;
+    let writer = FeedWriter::open(feed, &options.slot, options.retention)
+        .await
+        .map_err(|e| PipelineError::Sink(Box::new(e)))?;
     let mut writer = writer.notify(stored.clone());
     let stream_options = StreamOptions {
         plugin: options.plugin,

@@ -36,6 +36,11 @@ fn free_port() -> u16 {
 
 /// A database with `orders` and `notes` tracked, and the streamer with its API, ready.
 async fn start() -> (TestDb, Server) {
+    start_with(&[]).await
+}
+
+/// As [`start`], with more arguments for `pubsubpull run`.
+async fn start_with(run_args: &[&str]) -> (TestDb, Server) {
     let db = TestDb::new();
     let url = db.url();
     pubsubpull(&["migrate", "--database-url", &url]);
@@ -45,6 +50,7 @@ async fn start() -> (TestDb, Server) {
     let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
         .args(["run", "--database-url", &url, "--slot", &db.slot("api")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(run_args)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start pubsubpull run");
@@ -146,7 +152,10 @@ async fn pull_pages_filters_and_streams_the_feed() {
     assert_eq!(body["next"], "0000000000000004");
     assert_eq!(body["up_to_date"], true);
     let (_, body) = server.get("/feed?after=0000000000000004").await;
-    assert_eq!(body, json!({"changes": [], "next": "0000000000000004", "up_to_date": true}));
+    assert_eq!(
+        body,
+        json!({"changes": [], "next": "0000000000000004", "up_to_date": true, "oldest": "0000000000000001"})
+    );
 
     // Paging one at a time: every change once, in order, then up to date.
     let mut paged = Vec::new();
@@ -206,7 +215,7 @@ async fn a_long_poll_returns_as_soon_as_a_change_is_stored() {
     let started = Instant::now();
     let (_, body) = server.get(&format!("/feed?after={last}&wait=1")).await;
     let waited = started.elapsed();
-    assert_eq!(body, json!({"changes": [], "next": last, "up_to_date": true}));
+    assert_eq!(body, json!({"changes": [], "next": last, "up_to_date": true, "oldest": "0000000000000001"}));
     assert!(waited >= Duration::from_millis(950) && waited < Duration::from_secs(3), "waited {waited:?}");
 
     let mut worst = Duration::ZERO;
@@ -426,4 +435,52 @@ async fn a_page_bigger_than_a_chunk_streams_whole() {
     let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(lines.len(), 1900);
     assert_eq!(lines[..], changes[100..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_segments_and_says_what_is_gone() {
+    let (db, server) = start_with(&["--retention", "2s"]).await;
+    let mut client = db.client().await;
+    transaction(&mut client, None, "INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g").await;
+    let old = server.wait_for(100).await;
+    let first_old = old[0]["position"].as_str().unwrap().to_owned();
+    let count = |sql: &str| db.sql(sql).parse::<i64>().unwrap();
+
+    // Writes go on while old segments expire: every later change is kept, the old ones go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut id = 1000;
+    let oldest = loop {
+        id += 1;
+        transaction(&mut client, None, &format!("INSERT INTO notes VALUES ({id}, 'later')")).await;
+        let (status, body) = server.get("/feed?limit=1").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["changes"][0]["table"] == "public.notes" {
+            break body["oldest"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the old changes were never dropped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(count("SELECT count(*) FROM pubsubpull.feed WHERE table_name = 'public.orders'"), 0);
+    assert!(
+        count("SELECT count(*) FROM pubsubpull.feed_segment") <= 10,
+        "segments are dropped as they expire"
+    );
+
+    // Pulling from a position that is no longer held is refused, not silently skipped.
+    let before_first = format!("{:016x}", i64::from_str_radix(&first_old, 16).unwrap() - 1);
+    let (status, body) = server.get(&format!("/feed?after={before_first}")).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(body["detail"]["oldest"], oldest.as_str());
+    let before_oldest = format!("{:016x}", i64::from_str_radix(&oldest, 16).unwrap() - 1);
+    let ids = loop {
+        let (status, body) = server.get(&format!("/feed?after={before_oldest}&wait=1")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ids: Vec<i64> =
+            body["changes"].as_array().unwrap().iter().map(|c| c["key"]["id"].as_i64().unwrap()).collect();
+        if ids.last() == Some(&id) {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "the latest change never arrived: {ids:?}");
+    };
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "no gap in what is retained: {ids:?}");
 }

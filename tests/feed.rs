@@ -32,8 +32,8 @@ fn feed(url: &str) -> Vec<Value> {
     let rows = psql(
         url,
         "SELECT f.position, f.body || ',\"xid\":' || coalesce(t.xid::text, 'null') || ',\"context\":' \
-         || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t \
-         USING (txn) ORDER BY f.position",
+         || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f \
+         JOIN pubsubpull.feed_transaction t ON t.segment = f.segment AND t.txn = f.txn ORDER BY f.position",
     );
     let mut changes = Vec::new();
     for (expected, line) in (1..).zip(rows.lines()) {
