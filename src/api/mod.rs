@@ -1,5 +1,6 @@
-//! The HTTP API (axum): `GET /feed` pulls the feed, `GET /healthz` and `GET /readyz` say whether
-//! the process serves and whether it streams. One file per resource; errors in [`error`].
+//! The HTTP API (axum): `GET /feed` pulls the feed, `GET /tables/{t}/rows` iterates over a
+//! table's rows (backfill), `GET /healthz` and `GET /readyz` say whether the process serves and
+//! whether it streams. One file per resource; errors in [`error`].
 //!
 //! Guarantees: a pull never sees part of a transaction (the feed commits transactions whole); a
 //! long poll wakes as soon as the streamer commits a new position (it is told through a watch
@@ -8,6 +9,7 @@
 mod error;
 mod feed;
 mod health;
+mod rows;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -87,6 +89,10 @@ impl Database {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/feed", get(feed::pull).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }))
+        .route(
+            "/tables/{table}/rows",
+            get(rows::rows).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
         .route(
             "/healthz",
             get(health::healthz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
