@@ -16,11 +16,18 @@ pub struct Migration {
 }
 
 /// The source database's migrations (`migrations/source/`), in order.
-pub const SOURCE: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_audit_context.sql",
-    sql: include_str!("../migrations/source/0001_audit_context.sql"),
-}];
+pub const SOURCE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_audit_context.sql",
+        sql: include_str!("../migrations/source/0001_audit_context.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_lean_context.sql",
+        sql: include_str!("../migrations/source/0002_lean_context.sql"),
+    },
+];
 
 /// The feed database's migrations (`migrations/feed/`), in order.
 pub const FEED: &[Migration] =
