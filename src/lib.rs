@@ -9,13 +9,15 @@
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
 //! - [`pipeline`]: the streaming loop every consumer shares, and the [`pipeline::Sink`] seam;
 //! - [`feed`], [`run`]: the feed store and the streamer that fills it;
-//! - [`api`]: the HTTP API that serves the feed;
+//! - [`api`]: the HTTP API that serves the feed and manages subscriptions;
+//! - [`deliver`]: push delivery to the subscriptions, with HTTP `PUT`;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
 
 pub mod api;
 pub mod assemble;
 pub mod decode;
+pub mod deliver;
 pub mod feed;
 pub mod lsn;
 pub mod migrate;

@@ -1,17 +1,19 @@
 //! `pubsubpull run`: the streamer and the HTTP API. The slot's stream, assembled and joined with
 //! its audit context, into the feed; restarted from the feed's checkpoint after any failure, with
-//! backoff. The API serves the feed alongside and stops with the streamer.
+//! backoff. The API serves the feed alongside, the subscriptions are delivered, and both stop
+//! with the streamer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::api::{self, ApiState, Database};
 
 use crate::decode::Plugin;
+use crate::deliver::{self, DeliveryOptions};
 use crate::feed::FeedWriter;
 use crate::lsn::Lsn;
 use crate::pipeline::{self, PipelineError, SlotChoice, Stopped, StreamOptions};
@@ -34,6 +36,7 @@ pub struct RunOptions {
     pub retention: Duration,
     /// Stop once the feed holds everything up to here (benchmarks, tests); None: run until signalled.
     pub endpos: Option<Lsn>,
+    pub delivery: DeliveryOptions,
 }
 
 /// How long requests in flight may take to finish once the streamer has stopped.
@@ -45,11 +48,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), PipelineError> {
     let (stored, stored_receiver) = watch::channel(0_i64);
     let streaming = Arc::new(AtomicBool::new(false));
+    let subscriptions = Arc::new(Notify::new());
+    let (stop_delivery, delivery_stopped) = watch::channel(false);
+    let delivery = tokio::spawn(deliver::run(
+        options.feed.clone(),
+        stored_receiver.clone(),
+        Arc::clone(&subscriptions),
+        options.delivery.clone(),
+        delivery_stopped,
+    ));
     let state = ApiState {
         feed: Arc::new(Database::new(options.feed.clone())),
         source: Arc::new(Database::new(options.source.clone())),
         stored: stored_receiver,
         streaming: Arc::clone(&streaming),
+        subscriptions,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -64,8 +77,18 @@ pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), Pipe
     // Long polls end when the last sender goes; then the server drains.
     drop(stored);
     let _ = stop.send(());
-    if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+    let _ = stop_delivery.send(true);
+    let (server, delivery) = tokio::join!(
+        tokio::time::timeout(SHUTDOWN_GRACE, server),
+        tokio::time::timeout(SHUTDOWN_GRACE, delivery)
+    );
+    if server.is_err() {
         tracing::warn!("requests in flight did not finish in time");
+    }
+    match delivery {
+        Ok(Ok(Err(error))) => tracing::error!(error = %error_chain(&error), "delivery failed"),
+        Err(_elapsed) => tracing::warn!("deliveries in flight did not finish in time"),
+        Ok(_) => {}
     }
     result
 }

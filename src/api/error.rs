@@ -12,6 +12,9 @@ pub enum ApiError {
     BadRequest { error: &'static str, detail: Value },
     #[error("not found")]
     NotFound { detail: Value },
+    /// A request body over the limit, in bytes.
+    #[error("the request body is too large")]
+    TooLarge { limit: usize },
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     /// The feed database cannot be reached: worth a retry.
@@ -46,6 +49,11 @@ impl IntoResponse for ApiError {
         let (status, error, detail) = match &self {
             ApiError::BadRequest { error, detail } => (StatusCode::BAD_REQUEST, *error, detail.clone()),
             ApiError::NotFound { detail } => (StatusCode::NOT_FOUND, "not found", detail.clone()),
+            ApiError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+                json!({ "limit_bytes": limit }),
+            ),
             ApiError::MethodNotAllowed { allow } => {
                 let mut response = (
                     StatusCode::METHOD_NOT_ALLOWED,
