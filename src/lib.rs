@@ -9,7 +9,8 @@
 //! - [`assemble`]: whole transactions, in commit order, with their commit data;
 //! - [`pipeline`]: the streaming loop every consumer shares, and the [`pipeline::Sink`] seam;
 //! - [`feed`], [`run`]: the feed store and the streamer that fills it;
-//! - [`api`]: the HTTP API that serves the feed;
+//! - [`api`]: the HTTP API that serves the feed and manages subscriptions;
+//! - [`deliver`]: push delivery to the subscriptions, with HTTP `PUT`;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured;
 //! - [`demo`]: `pubsubpull demo`, everything on a throwaway database.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod assemble;
 pub mod decode;
+pub mod deliver;
 pub mod demo;
 pub mod feed;
 pub mod lsn;

@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use pubsubpull::decode::Plugin;
+use pubsubpull::deliver::retry::Backoff;
+use pubsubpull::deliver::DeliveryOptions;
 use pubsubpull::lsn::Lsn;
 use pubsubpull::pipeline::{SlotChoice, StreamOptions};
 use pubsubpull::source::ConnInfo;
@@ -80,6 +82,21 @@ struct RunArgs {
     /// Address the HTTP API listens on (port 0: any free port, logged).
     #[arg(long, env = "PUBSUBPULL_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
+}
+
+#[derive(clap::Args)]
+struct DeliveryArgs {
+    /// How long one delivery (PUT) may take before it is retried.
+    #[arg(long, env = "PUBSUBPULL_DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    delivery_timeout: std::time::Duration,
+    /// The longest wait between two attempts of a failing delivery (backoff from 100ms, doubling, full jitter).
+    #[arg(long, env = "PUBSUBPULL_DELIVERY_BACKOFF_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    delivery_backoff_max: std::time::Duration,
+    /// Memory for the recent changes all subscriptions share, in MiB.
+    #[arg(long, env = "PUBSUBPULL_DELIVERY_WINDOW_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    delivery_window_mb: u32,
 }
 
 #[derive(clap::Args)]
@@ -203,6 +220,11 @@ async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
         publication: args.publication,
         retention: args.retention,
         endpos: args.endpos,
+        delivery: DeliveryOptions {
+            timeout: args.delivery.delivery_timeout,
+            backoff: Backoff { first: Backoff::default().first, max: args.delivery.delivery_backoff_max },
+            window_bytes: (args.delivery.delivery_window_mb as usize) << 20,
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

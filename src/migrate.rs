@@ -30,8 +30,14 @@ pub const SOURCE: &[Migration] = &[
 ];
 
 /// The feed database's migrations (`migrations/feed/`), in order.
-pub const FEED: &[Migration] =
-    &[Migration { version: 1, name: "0001_feed.sql", sql: include_str!("../migrations/feed/0001_feed.sql") }];
+pub const FEED: &[Migration] = &[
+    Migration { version: 1, name: "0001_feed.sql", sql: include_str!("../migrations/feed/0001_feed.sql") },
+    Migration {
+        version: 2,
+        name: "0002_subscriptions.sql",
+        sql: include_str!("../migrations/feed/0002_subscriptions.sql"),
+    },
+];
 
 /// Serializes concurrent migrations (any fixed number unlikely to clash with an application's).
 const LOCK_KEY: i64 = 0x7075_6273_7562_7075; // "pubsubpu"

@@ -1,22 +1,25 @@
 //! `pubsubpull run`: the streamer and the HTTP API. The slot's stream, assembled and joined with
 //! its audit context, into the feed; restarted from the feed's checkpoint after any failure, with
-//! backoff. The API serves the feed alongside and stops with the streamer.
+//! backoff. The API serves the feed alongside, the subscriptions are delivered, and both stop
+//! with the streamer.
 //!
-//! High availability: any number of `run` processes may start on one slot; one streams, the others
-//! wait as standbys (serving the API) and one takes over within seconds when the active one dies.
-//! The active one holds a session advisory lock on the very connection that writes the feed, so
-//! no two ever write it at once: a writer whose connection is gone has lost the lock with it.
+//! High availability: any number of `run` processes may start on one slot; one streams and
+//! delivers, the others wait as standbys (serving the API) and one takes over within seconds when
+//! the active one dies. The active one holds a session advisory lock on the very connection that
+//! writes the feed, so no two ever write it at once: a writer whose connection is gone has lost the
+//! lock with it, and stops delivering too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use crate::api::{self, ApiState, Database};
 
 use crate::decode::Plugin;
+use crate::deliver::{self, DeliveryOptions};
 use crate::feed::FeedWriter;
 use crate::lsn::Lsn;
 use crate::pipeline::{self, PipelineError, SlotChoice, Stopped, StreamOptions};
@@ -39,6 +42,7 @@ pub struct RunOptions {
     pub retention: Duration,
     /// Stop once the feed holds everything up to here (benchmarks, tests); None: run until signalled.
     pub endpos: Option<Lsn>,
+    pub delivery: DeliveryOptions,
 }
 
 /// How often a standby tries to become the active streamer.
@@ -60,11 +64,22 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), PipelineError> {
     let (stored, stored_receiver) = watch::channel(0_i64);
     let streaming = Arc::new(AtomicBool::new(false));
+    let subscriptions = Arc::new(Notify::new());
+    let (stop_delivery, delivery_stopped) = watch::channel(false);
+    let (active, active_receiver) = watch::channel(false);
+    let delivery = tokio::spawn(deliver_while_active(
+        options.clone(),
+        stored_receiver.clone(),
+        Arc::clone(&subscriptions),
+        active_receiver,
+        delivery_stopped,
+    ));
     let state = ApiState {
         feed: Arc::new(Database::new(options.feed.clone())),
         source: Arc::new(Database::new(options.source.clone())),
         stored: stored_receiver,
         streaming: Arc::clone(&streaming),
+        subscriptions,
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -75,12 +90,22 @@ pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), Pipe
             tracing::error!(error = %error, "the api server failed");
         }
     });
-    let result = stream(options, &stored, &streaming).await;
+    let result = stream(options, &stored, &streaming, &active).await;
     // Long polls end when the last sender goes; then the server drains.
     drop(stored);
     let _ = stop.send(());
-    if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+    let _ = stop_delivery.send(true);
+    let (server, delivery) = tokio::join!(
+        tokio::time::timeout(SHUTDOWN_GRACE, server),
+        tokio::time::timeout(SHUTDOWN_GRACE, delivery)
+    );
+    if server.is_err() {
         tracing::warn!("requests in flight did not finish in time");
+    }
+    match delivery {
+        Ok(Ok(Err(error))) => tracing::error!(error = %error_chain(&error), "delivery failed"),
+        Err(_elapsed) => tracing::warn!("deliveries in flight did not finish in time"),
+        Ok(_) => {}
     }
     result
 }
@@ -89,11 +114,14 @@ async fn stream(
     options: &RunOptions,
     stored: &watch::Sender<i64>,
     streaming: &Arc<AtomicBool>,
+    active: &watch::Sender<bool>,
 ) -> Result<(), PipelineError> {
     let mut backoff = BACKOFF.0;
     loop {
-        let once = run_once(options, stored, streaming).await;
+        let once = run_once(options, stored, streaming, active).await;
         streaming.store(false, Ordering::Relaxed);
+        // The lock went with the writer's connection: another process may be active now.
+        active.send_replace(false);
         match once {
             Ok(Stopped::Signal | Stopped::AtEndpos) => return Ok(()),
             Ok(Stopped::ByServer) => {
@@ -114,11 +142,13 @@ async fn run_once(
     options: &RunOptions,
     stored: &watch::Sender<i64>,
     streaming: &Arc<AtomicBool>,
+    active: &watch::Sender<bool>,
 ) -> Result<Stopped, PipelineError> {
     let feed = options.feed.connect_sql().await?;
     if !become_active(&feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))? {
         return Ok(Stopped::Signal);
     }
+    active.send_replace(true);
     let writer = FeedWriter::open(feed, &options.slot, options.retention)
         .await
         .map_err(|e| PipelineError::Sink(Box::new(e)))?;
@@ -137,6 +167,52 @@ async fn run_once(
     let (stopped, summary) = pipeline::stream(&options.source, &stream_options, &mut writer).await?;
     tracing::info!(transactions = summary.transactions, changes = summary.changes, confirmed = %summary.confirmed, "stream stopped");
     Ok(stopped)
+}
+
+/// Delivers the subscriptions while this process is the active streamer (a standby delivering
+/// too would send everything twice), until `stop` turns true.
+async fn deliver_while_active(
+    options: RunOptions,
+    stored: watch::Receiver<i64>,
+    changed: Arc<Notify>,
+    mut active: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), deliver::DeliverError> {
+    loop {
+        tokio::select! {
+            became = active.wait_for(|active| *active) => if became.is_err() { return Ok(()) },
+            _ = stop.wait_for(|stop| *stop) => return Ok(()),
+        }
+        let (stop_this, this_stopped) = watch::channel(false);
+        let delivery = deliver::run(
+            options.feed.clone(),
+            stored.clone(),
+            Arc::clone(&changed),
+            options.delivery.clone(),
+            this_stopped,
+        );
+        tokio::pin!(delivery);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                delivered = &mut delivery => {
+                    delivered?;
+                    break;
+                }
+                _ = active.wait_for(|active| !*active), if !stopping => {
+                    stopping = true;
+                    stop_this.send_replace(true);
+                }
+                _ = stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    stop_this.send_replace(true);
+                }
+            }
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+    }
 }
 
 /// Waits until this process holds the slot's lock on `feed` (the writer's connection): false when

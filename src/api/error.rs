@@ -18,6 +18,9 @@ pub enum ApiError {
     /// The changes after a pull's position are no longer retained.
     #[error("gone")]
     Gone { detail: Value },
+    /// A request body over the limit, in bytes.
+    #[error("the request body is too large")]
+    TooLarge { limit: usize },
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     /// The feed database cannot be reached: worth a retry.
@@ -57,6 +60,11 @@ impl IntoResponse for ApiError {
                 StatusCode::GONE,
                 "the feed no longer holds the changes after this position (retention)",
                 detail.clone(),
+            ),
+            ApiError::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+                json!({ "limit_bytes": limit }),
             ),
             ApiError::MethodNotAllowed { allow } => {
                 let mut response = (

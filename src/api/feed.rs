@@ -135,7 +135,7 @@ fn parse_query(query: &str) -> Result<Pull, ApiError> {
 
 /// `(schema, name)` of a table name as the change objects write it: `schema.name`, each part plain
 /// (lowercase, digits, `_`, `$`) or double-quoted, exactly as they would be written.
-pub(super) fn parse_table_name(text: &str) -> Option<(String, String)> {
+pub(crate) fn parse_table_name(text: &str) -> Option<(String, String)> {
     let (schema, rest) = parse_identifier(text)?;
     let (name, rest) = parse_identifier(rest.strip_prefix('.')?)?;
     (rest.is_empty() && TableName::new(&schema, &name).to_string() == text).then_some((schema, name))
@@ -340,7 +340,7 @@ impl Page {
 }
 
 /// Appends `{"position":…` + the stored body less its opening brace + the transaction's fields.
-fn encode_change(
+pub(crate) fn encode_change(
     out: &mut String,
     position: i64,
     body: &str,

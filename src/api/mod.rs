@@ -10,6 +10,7 @@ mod error;
 mod feed;
 mod health;
 mod rows;
+mod subscriptions;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -19,12 +20,13 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, Notify};
 use tokio_postgres::Client;
 
 use crate::source::ConnInfo;
 
 pub use error::ApiError;
+pub(crate) use feed::encode_change;
 pub use feed::{format_position, parse_position};
 
 /// How long connecting to the feed database may take before a request gives up.
@@ -41,6 +43,8 @@ pub struct ApiState {
     pub stored: watch::Receiver<i64>,
     /// Whether the replication stream is connected.
     pub streaming: Arc<AtomicBool>,
+    /// Notified when a subscription is created, replaced or deleted (the delivery supervisor waits on it).
+    pub subscriptions: Arc<Notify>,
 }
 
 /// One connection to a database (the feed's or the source's), shared by every request
@@ -56,7 +60,7 @@ impl Database {
     }
 
     /// The open connection, connecting first when there is none or it was lost.
-    async fn client(&self) -> Result<Arc<Client>, ApiError> {
+    pub(crate) async fn client(&self) -> Result<Arc<Client>, ApiError> {
         let mut slot = self.client.lock().await;
         if let Some(client) = slot.as_ref().filter(|client| !client.is_closed()) {
             return Ok(Arc::clone(client));
@@ -100,6 +104,17 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/readyz",
             get(health::readyz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
+        .route(
+            "/subscriptions",
+            get(subscriptions::list).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
+        .route(
+            "/subscriptions/{name}",
+            get(subscriptions::show)
+                .put(subscriptions::put)
+                .delete(subscriptions::delete)
+                .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, PUT, DELETE" } }),
         )
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound { detail: serde_json::json!({ "path": uri.path() }) }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::decode::Plugin;
+use crate::deliver::DeliveryOptions;
 use crate::run::{self, RunOptions};
 use crate::source::ConnInfo;
 use crate::{migrate, tracking};
@@ -76,6 +77,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         publication: "pubsubpull".to_owned(),
         retention: Duration::from_secs(7 * 24 * 3600),
         endpos: None,
+        delivery: DeliveryOptions::default(),
     };
     say("streamer", &format!("pubsubpull run: API on {api} (try: curl {api}/feed); Ctrl-C stops the demo"));
     let outcome = tokio::select! {
