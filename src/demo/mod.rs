@@ -122,8 +122,8 @@ async fn script(api: String, hook: String, conninfo: ConnInfo) -> anyhow::Result
     say("write", "UPDATE every balance, from a cron job with no application context");
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let feed: Value = http.get(format!("{api}/feed?limit=2")).send().await?.json().await?;
-    say("pull", &format!("GET {api}/feed?limit=2 ->"));
+    let feed: Value = http.get(format!("{api}/feed?limit=1")).send().await?.json().await?;
+    say("pull", &format!("GET {api}/feed?limit=1 ->"));
     println!("{}", serde_json::to_string_pretty(&feed)?);
     let rows: Value = http.get(format!("{api}/tables/public.customers/rows")).send().await?.json().await?;
     say("pull", &format!("GET {api}/tables/public.customers/rows -> {rows}"));
