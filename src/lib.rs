@@ -10,6 +10,7 @@
 //! - [`pipeline`]: the streaming loop every consumer shares, and the [`pipeline::Sink`] seam;
 //! - [`feed`], [`run`]: the feed store and the streamer that fills it;
 //! - [`api`]: the HTTP API that serves the feed;
+//! - [`metrics`]: every metric, named and described once, served on `GET /metrics`;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
 
@@ -18,6 +19,7 @@ pub mod assemble;
 pub mod decode;
 pub mod feed;
 pub mod lsn;
+pub mod metrics;
 pub mod migrate;
 pub mod object;
 pub mod pipeline;
