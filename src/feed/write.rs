@@ -193,6 +193,7 @@ impl Sink for FeedWriter {
         if !pending && up_to <= self.durable {
             return Ok(self.durable);
         }
+        let started = std::time::Instant::now();
         if self.rows_committed > 0 {
             self.send_rows(self.rows_committed).await?;
         }
@@ -224,6 +225,7 @@ impl Sink for FeedWriter {
             )
             .await?;
         self.client.batch_execute("COMMIT").await?;
+        crate::metrics::feed_written(started.elapsed());
         self.durable = up_to.max(self.durable);
         if let Some(stored) = &self.stored {
             let position = self.committed_position;
