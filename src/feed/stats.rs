@@ -13,12 +13,14 @@ use crate::source::ConnInfo;
 /// How often the feed's oldest position and size are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(30);
 
-/// `pg_partition_tree` lists a plain table as itself, a partitioned one with every partition.
-const SAMPLE: &str = "SELECT (SELECT min(position) FROM pubsubpull.feed), \
-     (SELECT max(position) FROM pubsubpull.feed), \
-     (SELECT coalesce(sum(pg_total_relation_size(tree.relid)), 0)::bigint \
-      FROM unnest(ARRAY[to_regclass('pubsubpull.feed'), to_regclass('pubsubpull.feed_transaction')]) AS t(rel), \
-           LATERAL pg_partition_tree(t.rel) AS tree)";
+/// The feed tables' size counts each table and, when it is partitioned, each of its partitions
+/// (`pg_partition_tree` lists those, and nothing for a plain table; a partitioned table's own
+/// size is 0).
+const SAMPLE: &str = "WITH feed(rel) AS (SELECT rel FROM unnest(ARRAY[to_regclass('pubsubpull.feed'), \
+         to_regclass('pubsubpull.feed_transaction')]) AS t(rel) WHERE rel IS NOT NULL), \
+     parts(rel) AS (SELECT rel FROM feed UNION SELECT tree.relid FROM feed, LATERAL pg_partition_tree(feed.rel) AS tree) \
+     SELECT (SELECT min(position) FROM pubsubpull.feed), (SELECT max(position) FROM pubsubpull.feed), \
+     (SELECT coalesce(sum(pg_total_relation_size(rel)), 0)::bigint FROM parts)";
 
 /// Keeps the feed's metrics up to date until `stored` (the writer's last committed position)
 /// closes. A failing sample is logged and tried again at the next interval, on a new connection.
