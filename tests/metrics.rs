@@ -133,6 +133,21 @@ async fn metrics_follow_what_flows() {
         .map(|s| s.labels["route"].as_str())
         .collect();
     assert!(routes.iter().all(|r| *r == "unmatched" || r.starts_with('/')), "{routes:?}");
+
+    // The binary serves the registry that `metrics::catalog` lists (which the dashboard test
+    // checks against): every family it shows is there, of the same kind.
+    let catalog = pubsubpull::metrics::catalog();
+    let mut shown = 0;
+    for line in text.lines().filter_map(|line| line.strip_prefix("# TYPE ")) {
+        let (name, kind) = line.split_once(' ').unwrap();
+        let listed = catalog.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} not listed"));
+        assert_eq!(format!("{:?}", listed.1).to_lowercase(), kind, "{name}");
+        shown += 1;
+    }
+    // Only the subscriptions' labelled families have no series yet.
+    let subscription_families =
+        catalog.iter().filter(|(n, _)| n.starts_with("pubsubpull_subscription_")).count();
+    assert_eq!(shown, catalog.len() - subscription_families, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
