@@ -384,7 +384,7 @@ enum Flow {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, so that a consumer stops after confirming what it holds.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut terminate) = signal(SignalKind::terminate()) else { return std::future::pending().await };
     tokio::select! {

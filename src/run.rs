@@ -1,6 +1,11 @@
 //! `pubsubpull run`: the streamer and the HTTP API. The slot's stream, assembled and joined with
 //! its audit context, into the feed; restarted from the feed's checkpoint after any failure, with
 //! backoff. The API serves the feed alongside and stops with the streamer.
+//!
+//! High availability: any number of `run` processes may start on one slot; one streams, the others
+//! wait as standbys (serving the API) and one takes over within seconds when the active one dies.
+//! The active one holds a session advisory lock on the very connection that writes the feed, so
+//! no two ever write it at once: a writer whose connection is gone has lost the lock with it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +43,16 @@ pub struct RunOptions {
     /// Tokens and limits of the HTTP API.
     pub api: ApiConfig,
 }
+
+/// How often a standby tries to become the active streamer.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+
+/// The advisory lock's first key ("pubsubpull" is the second's namespace: the slot's hash).
+const ACTIVE_LOCK: i32 = 0x7073_7075; // "pspu"
+
+/// How long the feed database waits before it takes a silent active streamer's connection (and
+/// lock) for dead: keepalive idle time, interval, count (seconds, probes).
+const DEAD_PEER: (u32, u32, u32) = (10, 3, 3);
 
 /// How long requests in flight may take to finish once the streamer has stopped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -109,7 +124,12 @@ async fn run_once(
     streaming: &Arc<AtomicBool>,
 ) -> Result<Stopped, PipelineError> {
     let feed = options.feed.connect_sql().await?;
-    let writer = FeedWriter::open(feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))?;
+    if !become_active(&feed, &options.slot).await.map_err(|e| PipelineError::Sink(Box::new(e)))? {
+        return Ok(Stopped::Signal);
+    }
+    let writer = FeedWriter::open(feed, &options.slot, options.retention)
+        .await
+        .map_err(|e| PipelineError::Sink(Box::new(e)))?;
     let mut writer = writer.notify(stored.clone());
     let stream_options = StreamOptions {
         plugin: options.plugin,
@@ -125,6 +145,37 @@ async fn run_once(
     let (stopped, summary) = pipeline::stream(&options.source, &stream_options, &mut writer).await?;
     tracing::info!(transactions = summary.transactions, changes = summary.changes, confirmed = %summary.confirmed, "stream stopped");
     Ok(stopped)
+}
+
+/// Waits until this process holds the slot's lock on `feed` (the writer's connection): false when
+/// a signal came first.
+async fn become_active(feed: &tokio_postgres::Client, slot: &str) -> Result<bool, tokio_postgres::Error> {
+    let (idle, interval, count) = DEAD_PEER;
+    feed.batch_execute(&format!(
+        "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; \
+         SET tcp_keepalives_count = {count}"
+    ))
+    .await?;
+    let try_lock = "SELECT pg_try_advisory_lock($1, hashtext($2))";
+    let stop = pipeline::stop_signal();
+    tokio::pin!(stop);
+    let mut standby = false;
+    loop {
+        if feed.query_one(try_lock, &[&ACTIVE_LOCK, &slot]).await?.get::<_, bool>(0) {
+            if standby {
+                tracing::info!(slot, "taking over as the active streamer");
+            }
+            return Ok(true);
+        }
+        if !standby {
+            tracing::info!(slot, "another streamer is active on this slot; waiting as a standby");
+            standby = true;
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(false),
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+        }
+    }
 }
 
 /// Failures worth a retry: the source's own verdict; the feed database's lost connections.

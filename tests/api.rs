@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,11 @@ fn free_port() -> u16 {
 
 /// A database with `orders` and `notes` tracked, and the streamer with its API, ready.
 async fn start() -> (TestDb, Server) {
+    start_with(&[]).await
+}
+
+/// As [`start`], with more arguments for `pubsubpull run`.
+async fn start_with(run_args: &[&str]) -> (TestDb, Server) {
     let db = TestDb::new();
     let url = db.url();
     pubsubpull(&["migrate", "--database-url", &url]);
@@ -45,6 +51,7 @@ async fn start() -> (TestDb, Server) {
     let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
         .args(["run", "--database-url", &url, "--slot", &db.slot("api")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(run_args)
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("start pubsubpull run");
@@ -146,7 +153,10 @@ async fn pull_pages_filters_and_streams_the_feed() {
     assert_eq!(body["next"], "0000000000000004");
     assert_eq!(body["up_to_date"], true);
     let (_, body) = server.get("/feed?after=0000000000000004").await;
-    assert_eq!(body, json!({"changes": [], "next": "0000000000000004", "up_to_date": true}));
+    assert_eq!(
+        body,
+        json!({"changes": [], "next": "0000000000000004", "up_to_date": true, "oldest": "0000000000000001"})
+    );
 
     // Paging one at a time: every change once, in order, then up to date.
     let mut paged = Vec::new();
@@ -206,7 +216,7 @@ async fn a_long_poll_returns_as_soon_as_a_change_is_stored() {
     let started = Instant::now();
     let (_, body) = server.get(&format!("/feed?after={last}&wait=1")).await;
     let waited = started.elapsed();
-    assert_eq!(body, json!({"changes": [], "next": last, "up_to_date": true}));
+    assert_eq!(body, json!({"changes": [], "next": last, "up_to_date": true, "oldest": "0000000000000001"}));
     assert!(waited >= Duration::from_millis(950) && waited < Duration::from_secs(3), "waited {waited:?}");
 
     let mut worst = Duration::ZERO;
@@ -426,4 +436,194 @@ async fn a_page_bigger_than_a_chunk_streams_whole() {
     let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(lines.len(), 1900);
     assert_eq!(lines[..], changes[100..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_old_segments_and_says_what_is_gone() {
+    let (db, server) = start_with(&["--retention", "2s"]).await;
+    let mut client = db.client().await;
+    transaction(&mut client, None, "INSERT INTO orders SELECT g, g FROM generate_series(1, 100) g").await;
+    let old = server.wait_for(100).await;
+    let first_old = old[0]["position"].as_str().unwrap().to_owned();
+    let count = |sql: &str| db.sql(sql).parse::<i64>().unwrap();
+
+    // Writes go on while old segments expire: every later change is kept, the old ones go.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut id = 1000;
+    let oldest = loop {
+        id += 1;
+        transaction(&mut client, None, &format!("INSERT INTO notes VALUES ({id}, 'later')")).await;
+        let (status, body) = server.get("/feed?limit=1").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["changes"][0]["table"] == "public.notes" {
+            break body["oldest"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the old changes were never dropped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(count("SELECT count(*) FROM pubsubpull.feed WHERE table_name = 'public.orders'"), 0);
+    assert!(
+        count("SELECT count(*) FROM pubsubpull.feed_segment") <= 10,
+        "segments are dropped as they expire"
+    );
+
+    // Pulling from a position that is no longer held is refused, not silently skipped.
+    let before_first = format!("{:016x}", i64::from_str_radix(&first_old, 16).unwrap() - 1);
+    let (status, body) = server.get(&format!("/feed?after={before_first}")).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(body["detail"]["oldest"], oldest.as_str());
+    let before_oldest = format!("{:016x}", i64::from_str_radix(&oldest, 16).unwrap() - 1);
+    let ids = loop {
+        let (status, body) = server.get(&format!("/feed?after={before_oldest}&wait=1")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ids: Vec<i64> =
+            body["changes"].as_array().unwrap().iter().map(|c| c["key"]["id"].as_i64().unwrap()).collect();
+        if ids.last() == Some(&id) {
+            break ids;
+        }
+        assert!(Instant::now() < deadline, "the latest change never arrived: {ids:?}");
+    };
+    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "no gap in what is retained: {ids:?}");
+}
+
+impl Server {
+    /// Every row of `table` through the backfill API, `limit` at a time, calling `between` after
+    /// each page; returns the rows by their `id` and the feed position to follow from.
+    async fn backfill(
+        &self,
+        table: &str,
+        limit: usize,
+        mut between: impl AsyncFnMut(),
+    ) -> (BTreeMap<i64, Value>, String) {
+        let (mut rows, mut after, mut feed_after) = (BTreeMap::new(), None::<String>, None::<String>);
+        loop {
+            let query = match &after {
+                Some(cursor) => format!("/tables/{table}/rows?limit={limit}&after={cursor}"),
+                None => format!("/tables/{table}/rows?limit={limit}"),
+            };
+            let (status, body) = self.get(&query).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let page_feed_after = body["feed_after"].as_str().unwrap().to_owned();
+            assert_eq!(
+                *feed_after.get_or_insert(page_feed_after.clone()),
+                page_feed_after,
+                "one iteration, one position"
+            );
+            for row in body["rows"].as_array().unwrap() {
+                let id = row["id"].as_i64().unwrap();
+                assert!(rows.last_key_value().is_none_or(|(last, _)| *last < id), "rows in key order");
+                rows.insert(id, row.clone());
+            }
+            match body["next"].as_str() {
+                Some(cursor) => after = Some(cursor.to_owned()),
+                None => return (rows, feed_after.unwrap()),
+            }
+            between().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_then_follow_converges_to_the_table() {
+    let (db, server) = start().await;
+    db.sql("INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 500) g");
+
+    // Writers insert, update and delete while the table is iterated.
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (mut client, writing) = (db.client().await, writing.clone());
+        tokio::spawn(async move {
+            let (mut seed, mut next_id) = (42_u64, 501);
+            let mut random = move |n: u64| {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                (seed >> 33) % n
+            };
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                let sql = match random(3) {
+                    0 => {
+                        next_id += 1;
+                        format!("INSERT INTO orders VALUES ({next_id}, {})", random(1000))
+                    }
+                    1 => format!("UPDATE orders SET total = total + 1 WHERE id = {}", random(next_id) + 1),
+                    _ => format!("DELETE FROM orders WHERE id = {}", random(next_id) + 1),
+                };
+                transaction(&mut client, None, &sql).await;
+            }
+        })
+    };
+    let (mut rows, feed_after) = server
+        .backfill("public.orders", 37, async || tokio::time::sleep(Duration::from_millis(20)).await)
+        .await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    writer.await.unwrap();
+    db.sql("INSERT INTO notes VALUES (1, 'writers done')");
+
+    // Follow the feed from the position the backfill gave, applying orders' changes, up to the marker.
+    let mut after = feed_after;
+    'follow: loop {
+        let (status, body) = server.get(&format!("/feed?after={after}&wait=5")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for change in body["changes"].as_array().unwrap() {
+            if change["table"] == "public.notes" {
+                break 'follow;
+            }
+            let id = change["key"]["id"].as_i64().unwrap();
+            match change["op"].as_str().unwrap() {
+                "delete" => rows.remove(&id),
+                _ => rows.insert(id, change["new"].clone()),
+            };
+        }
+        after = body["next"].as_str().unwrap().to_owned();
+    }
+
+    let (table, _) = server.backfill("public.orders", 1000, async || {}).await;
+    assert!(table.len() > 400, "the writers left most rows: {}", table.len());
+    assert_eq!(rows, table, "backfill then follow ends with exactly the table's contents");
+    assert_eq!(db.sql("SELECT count(*) FROM orders"), table.len().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_maps_values_and_refuses_bad_requests() {
+    let (db, server) = start().await;
+    db.sql(
+        "CREATE TYPE mood AS ENUM ('ok', 'sad');
+         CREATE TABLE \"Odd Table\" (\"Key\" text, part int, mood mood, tags text[], doc jsonb, f float8,
+             PRIMARY KEY (\"Key\", part));
+         INSERT INTO \"Odd Table\" VALUES ('a', 2, 'ok', '{x,y}', '{\"k\": 1}', 'NaN'), ('a', 1, NULL, NULL, NULL, 1.5);
+         CREATE TABLE keyless (v int); ALTER TABLE keyless REPLICA IDENTITY FULL",
+    );
+    pubsubpull(&["track", "--database-url", &db.url(), "\"Odd Table\""]);
+    pubsubpull(&["track", "--database-url", &db.url(), "--replica-identity-full", "keyless"]);
+    let odd = "public.%22Odd%20Table%22";
+    let (status, body) = server.get(&format!("/tables/{odd}/rows?limit=1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rows"],
+        json!([{"Key": "a", "part": 1, "mood": null, "tags": null, "doc": null, "f": 1.5}])
+    );
+    let next = body["next"].as_str().unwrap();
+    let (status, body) = server.get(&format!("/tables/{odd}/rows?after={next}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rows"],
+        json!([{"Key": "a", "part": 2, "mood": "ok", "tags": ["x", "y"], "doc": {"k": 1}, "f": "NaN"}])
+    );
+    assert_eq!(body["next"], Value::Null);
+
+    for (query, status) in [
+        ("/tables/public.nope/rows", StatusCode::NOT_FOUND),
+        ("/tables/public.keyless/rows", StatusCode::CONFLICT),
+        ("/tables/nodot/rows", StatusCode::BAD_REQUEST),
+        ("/tables/public.orders/rows?limit=0", StatusCode::BAD_REQUEST),
+        ("/tables/public.orders/rows?after=garbage", StatusCode::BAD_REQUEST),
+        ("/tables/public.orders/rows?sort=id", StatusCode::BAD_REQUEST),
+        (&format!("/tables/public.orders/rows?after={next}"), StatusCode::BAD_REQUEST),
+    ] {
+        let (got, body) = server.get(query).await;
+        assert_eq!(got, status, "{query}: {body}");
+        assert!(body["error"].is_string(), "{query}: {body}");
+    }
+    let response =
+        server.http.post(format!("{}/tables/public.orders/rows", server.base)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -32,8 +32,8 @@ fn feed(url: &str) -> Vec<Value> {
     let rows = psql(
         url,
         "SELECT f.position, f.body || ',\"xid\":' || coalesce(t.xid::text, 'null') || ',\"context\":' \
-         || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t \
-         USING (txn) ORDER BY f.position",
+         || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f \
+         JOIN pubsubpull.feed_transaction t ON t.segment = f.segment AND t.txn = f.txn ORDER BY f.position",
     );
     let mut changes = Vec::new();
     for (expected, line) in (1..).zip(rows.lines()) {
@@ -240,4 +240,69 @@ fn the_slot_advances_while_tracked_tables_are_idle() {
     streamer.kill().unwrap();
     streamer.wait().unwrap();
     assert_eq!(psql(&url, "SELECT count(*) FROM pubsubpull.feed"), "0", "nothing untracked in the feed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_and_the_feed_stays_exact() {
+    let db = Arc::new(TestDb::new());
+    let url = db.url();
+    pubsubpull(&["migrate", "--database-url", &url]);
+    db.sql("CREATE TABLE a (id bigint PRIMARY KEY, v text); CREATE TABLE b (id bigint PRIMARY KEY, v text)");
+    pubsubpull(&["track", "--database-url", &url, "a", "b"]);
+    let slot = db.slot("ha");
+    let reference_slot = db.slot("ha_reference");
+    for name in [&slot, &reference_slot] {
+        db.sql(&format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (db, stop) = (db.clone(), stop.clone());
+        async move { load(&db, stop).await }
+    });
+    let active_pid =
+        || db.sql(&format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"));
+    let stored = || {
+        db.sql("SELECT coalesce(max(last_position), 0) FROM pubsubpull.feed_checkpoint")
+            .parse::<i64>()
+            .unwrap()
+    };
+
+    let mut active = spawn_run(&url, &slot);
+    support::wait_until("the first streamer to stream", Duration::from_secs(20), || !active_pid().is_empty());
+    for round in 0..3 {
+        let mut standby = spawn_run(&url, &slot);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let streaming = active_pid();
+        assert!(!streaming.is_empty(), "round {round}: one streamer streams");
+        // Only one process streams the slot and writes the feed; the standby waits.
+        assert_eq!(db.sql(&format!("SELECT count(*) FROM pg_stat_replication WHERE pid = {streaming}")), "1");
+        assert!(standby.try_wait().unwrap().is_none(), "round {round}: the standby waits");
+
+        active.kill().expect("SIGKILL the active streamer");
+        active.wait().unwrap();
+        let before = stored();
+        let killed = std::time::Instant::now();
+        support::wait_until("the standby to take over", Duration::from_secs(15), || {
+            let pid = active_pid();
+            !pid.is_empty() && pid != streaming && stored() > before
+        });
+        eprintln!("round {round}: the standby took over in {:?}", killed.elapsed());
+        active = standby;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let endpos = db.current_lsn();
+    let caught_up =
+        format!("SELECT coalesce(max(end_lsn) >= '{endpos}', false) FROM pubsubpull.feed_checkpoint");
+    support::wait_until("the active streamer to catch up", Duration::from_secs(60), || {
+        db.sql(&caught_up) == "t"
+    });
+    active.kill().unwrap();
+    active.wait().unwrap();
+
+    let stored = feed(&url);
+    let expected = reference(&url, &reference_slot, &endpos);
+    assert!(expected.len() > 100, "the load ran across the takeovers ({} changes)", expected.len());
+    assert_eq!(stored.len(), expected.len(), "no gap, no duplicate");
+    assert!(stored == expected, "the feed equals the committed changes, in commit order");
 }

@@ -480,6 +480,10 @@ fn kubernetes_manifests_probe_run_non_root_and_are_scraped() {
     }
 
     let deployment = of_kind("Deployment")[0];
+    // With a standby (never ready), only Recreate can roll out.
+    if deployment["spec"]["replicas"].as_u64().unwrap_or(1) > 1 {
+        assert_eq!(str_of(deployment, &["spec", "strategy", "type"]), Some("Recreate"));
+    }
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert!(pod["securityContext"]["runAsUser"].as_u64().is_some_and(|uid| uid > 0));

@@ -12,6 +12,12 @@ pub enum ApiError {
     BadRequest { error: &'static str, detail: Value },
     #[error("not found")]
     NotFound { detail: Value },
+    /// The request cannot be served in the resource's current state (a table without a key).
+    #[error("{error}")]
+    Conflict { error: &'static str, detail: Value },
+    /// The changes after a pull's position are no longer retained.
+    #[error("gone")]
+    Gone { detail: Value },
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
     /// The feed database cannot be reached: worth a retry.
@@ -55,6 +61,12 @@ impl IntoResponse for ApiError {
         let (status, error, detail) = match &self {
             ApiError::BadRequest { error, detail } => (StatusCode::BAD_REQUEST, *error, detail.clone()),
             ApiError::NotFound { detail } => (StatusCode::NOT_FOUND, "not found", detail.clone()),
+            ApiError::Conflict { error, detail } => (StatusCode::CONFLICT, *error, detail.clone()),
+            ApiError::Gone { detail } => (
+                StatusCode::GONE,
+                "the feed no longer holds the changes after this position (retention)",
+                detail.clone(),
+            ),
             ApiError::MethodNotAllowed { allow } => {
                 let mut response = (
                     StatusCode::METHOD_NOT_ALLOWED,

@@ -25,11 +25,20 @@ const MAX_LIMIT: i64 = 10_000;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const NDJSON: &str = "application/x-ndjson";
 
+/// A page of changes after $1 (only of tables $2, when any), at most $3, each row with the
+/// oldest position retained as the page was read. Only the segments that can hold a position past
+/// $1 are read.
 const QUERY: &str = "SELECT f.position, f.body, t.xid::text, \
-     to_char(t.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), t.context::text \
-     FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t USING (txn) \
-     WHERE f.position > $1 AND (cardinality($2::text[]) = 0 OR f.table_name = ANY($2)) \
+     to_char(t.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), t.context::text, \
+     (SELECT min(first_position) FROM pubsubpull.feed_segment) \
+     FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t ON t.segment = f.segment AND t.txn = f.txn \
+     WHERE f.position > $1 \
+       AND f.segment >= (SELECT coalesce(max(segment), 0) FROM pubsubpull.feed_segment WHERE first_position <= $1 + 1) \
+       AND (cardinality($2::text[]) = 0 OR f.table_name = ANY($2)) \
      ORDER BY f.position LIMIT $3";
+
+/// The oldest position the feed holds (or will hold first, when it is empty).
+const OLDEST: &str = "SELECT min(first_position) FROM pubsubpull.feed_segment";
 
 /// `position` as served: 16 lowercase hex digits.
 pub fn format_position(position: i64) -> String {
@@ -47,7 +56,8 @@ pub fn parse_position(text: &str) -> Option<i64> {
 /// What a pull asks for.
 #[derive(Debug, PartialEq)]
 struct Pull {
-    after: i64,
+    /// Where the pull starts; None: at the oldest change retained.
+    after: Option<i64>,
     limit: i64,
     /// As the change objects name them, and as (schema, name).
     tables: Vec<String>,
@@ -58,7 +68,7 @@ struct Pull {
 
 fn parse_query(query: &str) -> Result<Pull, ApiError> {
     let mut pull = Pull {
-        after: 0,
+        after: None,
         limit: DEFAULT_LIMIT,
         tables: Vec::new(),
         schemas: Vec::new(),
@@ -74,12 +84,12 @@ fn parse_query(query: &str) -> Result<Pull, ApiError> {
         match &*key {
             "after" => {
                 once(&mut after, "after")?;
-                pull.after = parse_position(&value).ok_or_else(|| {
+                pull.after = Some(parse_position(&value).ok_or_else(|| {
                     ApiError::bad_request(
                         "after is not a position",
                         json!({ "after": value, "expected": "a position as served: 16 hex digits" }),
                     )
-                })?;
+                })?);
             }
             "limit" => {
                 once(&mut limit, "limit")?;
@@ -125,7 +135,7 @@ fn parse_query(query: &str) -> Result<Pull, ApiError> {
 
 /// `(schema, name)` of a table name as the change objects write it: `schema.name`, each part plain
 /// (lowercase, digits, `_`, `$`) or double-quoted, exactly as they would be written.
-fn parse_table_name(text: &str) -> Option<(String, String)> {
+pub(super) fn parse_table_name(text: &str) -> Option<(String, String)> {
     let (schema, rest) = parse_identifier(text)?;
     let (name, rest) = parse_identifier(rest.strip_prefix('.')?)?;
     (rest.is_empty() && TableName::new(&schema, &name).to_string() == text).then_some((schema, name))
@@ -197,7 +207,8 @@ pub(super) async fn pull(
     let deadline = Instant::now() + pull.wait;
     let mut stored = state.stored.clone();
     let fetch = pull.limit + 1;
-    let params: [&(dyn ToSql + Sync); 3] = [&pull.after, &pull.tables, &fetch];
+    let after = pull.after.unwrap_or(0);
+    let params: [&(dyn ToSql + Sync); 3] = [&after, &pull.tables, &fetch];
     let (rows, first) = loop {
         // Marked seen before the query: a commit after it wakes the wait below.
         stored.borrow_and_update();
@@ -213,6 +224,19 @@ pub(super) async fn pull(
             Ok(Err(_)) | Err(_) => break (rows, first),
         }
     };
+    // Read with the page (or after an empty one): segments are dropped oldest first, so if what
+    // follows `after` was retained then, the page missed nothing.
+    let oldest: Option<i64> = match &first {
+        Some(row) => row.get(5),
+        None => state.feed.client().await?.query_one(OLDEST, &[]).await?.get(0),
+    };
+    if let (Some(after), Some(oldest)) = (pull.after, oldest) {
+        if after + 1 < oldest {
+            return Err(ApiError::Gone {
+                detail: json!({ "after": format_position(after), "oldest": format_position(oldest) }),
+            });
+        }
+    }
     let page = Page {
         rows,
         // A RowStream must not be polled again once it has ended.
@@ -220,7 +244,8 @@ pub(super) async fn pull(
         first,
         limit: pull.limit,
         count: 0,
-        next: pull.after,
+        next: after,
+        oldest,
         ndjson,
         started: false,
         done: false,
@@ -242,6 +267,8 @@ struct Page {
     count: i64,
     /// The last position written (or `after`).
     next: i64,
+    /// The oldest position retained.
+    oldest: Option<i64>,
     ndjson: bool,
     started: bool,
     done: bool,
@@ -297,8 +324,10 @@ impl Page {
                 more => {
                     if !self.ndjson {
                         let up_to_date = more.is_none();
+                        let oldest =
+                            self.oldest.map_or("null".to_owned(), |p| format!("\"{}\"", format_position(p)));
                         out.push_str(&format!(
-                            "],\"next\":\"{}\",\"up_to_date\":{up_to_date}}}",
+                            "],\"next\":\"{}\",\"up_to_date\":{up_to_date},\"oldest\":{oldest}}}",
                             format_position(self.next)
                         ));
                     }
@@ -391,7 +420,7 @@ mod tests {
         assert_eq!(
             pull,
             Pull {
-                after: 2,
+                after: Some(2),
                 limit: 5,
                 tables: vec!["public.a".into(), "public.b".into()],
                 schemas: vec!["public".into(), "public".into()],

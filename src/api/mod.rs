@@ -1,7 +1,8 @@
-//! The HTTP API (axum): `GET /feed` pulls the feed, `GET /healthz` and `GET /readyz` say whether
-//! the process serves and whether it streams, `GET /metrics` serves the metrics. One file per
-//! resource; errors in [`error`]; in front of every route, the request metrics, a body size limit,
-//! the optional rate limit ([`limit`]) and the bearer-token check ([`auth`]).
+//! The HTTP API (axum): `GET /feed` pulls the feed, `GET /tables/{t}/rows` iterates over a
+//! table's rows (backfill), `GET /healthz` and `GET /readyz` say whether the process serves and
+//! whether it streams, `GET /metrics` serves the metrics. One file per resource; errors in
+//! [`error`]; in front of every route, the request metrics, a body size limit, the optional rate
+//! limit ([`limit`]) and the bearer-token check ([`auth`]).
 //!
 //! Guarantees: a pull never sees part of a transaction (the feed commits transactions whole); a
 //! long poll wakes as soon as the streamer commits a new position (it is told through a watch
@@ -14,6 +15,7 @@ mod feed;
 mod health;
 mod limit;
 mod metrics;
+mod rows;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -114,6 +116,10 @@ impl Database {
 pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
         .route("/feed", get(feed::pull).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }))
+        .route(
+            "/tables/{table}/rows",
+            get(rows::rows).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
         .route(
             "/healthz",
             get(health::healthz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),

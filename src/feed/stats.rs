@@ -28,17 +28,24 @@ pub async fn sample(feed: ConnInfo, mut stored: watch::Receiver<i64>) {
     let mut client: Option<Client> = None;
     let mut interval = tokio::time::interval(SAMPLE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The writer tells its position first when it opens the feed (and its first segment): a
+    // sample then sees the feed as it is written, not as migrated.
+    let mut opened = false;
     loop {
-        tokio::select! {
+        let sample_now = tokio::select! {
             changed = stored.changed() => match changed {
-                Ok(()) => metrics::feed_last_position(*stored.borrow_and_update()),
+                Ok(()) => {
+                    metrics::feed_last_position(*stored.borrow_and_update());
+                    !std::mem::replace(&mut opened, true)
+                }
                 Err(_closed) => return,
             },
-            _ = interval.tick() => {
-                if let Err(error) = sample_once(&feed, &mut client).await {
-                    tracing::warn!(error = %error, "cannot sample the feed's size");
-                    client = None;
-                }
+            _ = interval.tick() => true,
+        };
+        if sample_now {
+            if let Err(error) = sample_once(&feed, &mut client).await {
+                tracing::warn!(error = %error, "cannot sample the feed's size");
+                client = None;
             }
         }
     }
