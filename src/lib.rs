@@ -12,11 +12,13 @@
 //! - [`api`]: the HTTP API that serves the feed;
 //! - [`metrics`]: every metric, named and described once, served on `GET /metrics`;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
-//! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured.
+//! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured;
+//! - [`demo`]: `pubsubpull demo`, everything on a throwaway database.
 
 pub mod api;
 pub mod assemble;
 pub mod decode;
+pub mod demo;
 pub mod feed;
 pub mod lsn;
 pub mod metrics;

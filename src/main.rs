@@ -11,7 +11,7 @@ use pubsubpull::lsn::Lsn;
 use pubsubpull::pipeline::{SlotChoice, StreamOptions};
 use pubsubpull::source::ConnInfo;
 use pubsubpull::tail;
-use pubsubpull::{migrate, run, tracking};
+use pubsubpull::{demo, migrate, run, tracking};
 
 #[derive(Parser)]
 #[command(name = "pubsubpull", version, about = "PostgreSQL change streamer: publish, subscribe, pull")]
@@ -41,6 +41,19 @@ enum Command {
     Tail(TailArgs),
     /// The streamer: every change of the tracked tables into the feed, exactly once.
     Run(RunArgs),
+    /// Everything on a throwaway local PostgreSQL: a tracked table, the streamer, a subscriber,
+    /// writes with and without request context, a pull; shown as it happens, until Ctrl-C.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Directory of the PostgreSQL server binaries (initdb, pg_ctl); found when not given.
+    #[arg(long, env = "PG_BINDIR")]
+    pg_bindir: Option<std::path::PathBuf>,
+    /// Address the demo's API listens on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(clap::Args)]
@@ -147,7 +160,9 @@ struct TailArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's own output tells the story; its logs only say what went wrong.
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    init_logging(cli.log_format, default_level);
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,6 +173,8 @@ fn main() -> ExitCode {
             Command::Untrack(args) => runtime.block_on(run_untrack(args)),
             Command::Tail(args) => runtime.block_on(run_tail(args)),
             Command::Run(args) => runtime.block_on(run_streamer(args)),
+            Command::Demo(args) => runtime
+                .block_on(demo::demo(demo::DemoOptions { bindir: args.pg_bindir, listen: args.listen })),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,9 +277,9 @@ async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
