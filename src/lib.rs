@@ -11,6 +11,7 @@
 //! - [`feed`], [`run`]: the feed store and the streamer that fills it;
 //! - [`api`]: the HTTP API that serves the feed and manages subscriptions;
 //! - [`deliver`]: push delivery to the subscriptions, with HTTP `PUT`;
+//! - [`metrics`]: every metric, named and described once, served on `GET /metrics`;
 //! - [`tail`]: the `pubsubpull tail` command, change objects as NDJSON;
 //! - [`migrate`], [`tracking`]: the `pubsubpull` schema and which tables are captured;
 //! - [`demo`]: `pubsubpull demo`, everything on a throwaway database.
@@ -22,6 +23,7 @@ pub mod deliver;
 pub mod demo;
 pub mod feed;
 pub mod lsn;
+pub mod metrics;
 pub mod migrate;
 pub mod object;
 pub mod pipeline;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use pubsubpull::api::{ApiConfig, Auth};
 use pubsubpull::decode::Plugin;
 use pubsubpull::deliver::retry::Backoff;
 use pubsubpull::deliver::DeliveryOptions;
@@ -84,6 +85,20 @@ struct RunArgs {
     listen: std::net::SocketAddr,
     #[command(flatten)]
     delivery: DeliveryArgs,
+    /// Token for full API access (`Authorization: Bearer TOKEN`); unset, the API is open.
+    /// Prefer the environment variable: arguments show in `ps`.
+    #[arg(long, env = "PUBSUBPULL_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// Token for GET requests only (needs --api-token).
+    #[arg(long, env = "PUBSUBPULL_READ_TOKEN", hide_env_values = true)]
+    read_token: Option<String>,
+    /// Requests per second per client address, in bursts of as many (429 past it); unset: no limit.
+    #[arg(long, env = "PUBSUBPULL_RATE_LIMIT")]
+    rate_limit: Option<std::num::NonZeroU32>,
+    /// Where subscriptions may deliver: comma-separated hosts (`hooks.example.com`,
+    /// `*.example.com`, `host:port`) or URL prefixes (`https://hooks.example.com/in/`); unset: anywhere.
+    #[arg(long, env = "PUBSUBPULL_SUBSCRIBER_ALLOW")]
+    subscriber_allow: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -212,6 +227,15 @@ async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
         Some(url) => ConnInfo::parse(url).context("invalid --feed-database-url")?,
         None => source.clone(),
     };
+    let api = ApiConfig {
+        auth: Auth::new(args.api_token.as_deref(), args.read_token.as_deref())
+            .context("invalid API tokens")?,
+        rate_limit: args.rate_limit,
+        subscriber_allow: match &args.subscriber_allow {
+            Some(list) => list.parse().context("invalid --subscriber-allow")?,
+            None => Default::default(),
+        },
+    };
     let options = run::RunOptions {
         source,
         feed,
@@ -225,7 +249,11 @@ async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
             backoff: Backoff { first: Backoff::default().first, max: args.delivery.delivery_backoff_max },
             window_bytes: (args.delivery.delivery_window_mb as usize) << 20,
         },
+        api,
     };
+    if !options.api.auth.is_enabled() && !args.listen.ip().is_loopback() {
+        tracing::warn!(listen = %args.listen, "no API token: anyone who reaches this address reads the feed");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::assemble::{AssembleError, Assembler, Step, Transaction};
 use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin};
 use crate::lsn::Lsn;
+use crate::metrics::{self, CaptureMeter};
 use crate::source::{
     self, ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
 };
@@ -23,6 +24,9 @@ use crate::tracking::{self, Tracked};
 
 /// How often a consumer with a retention prunes old context rows.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How often the server's WAL position is sampled, for the replication lag.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where assembled transactions go.
 ///
@@ -163,13 +167,15 @@ pub async fn stream<S: Sink>(
         sink,
         committed: Lsn::ZERO,
         summary: Summary::default(),
+        meter: CaptureMeter::new(),
     };
     let stopped = pipeline.run().await?;
     match stopped {
         Stopped::AtEndpos | Stopped::Signal => pipeline.confirm().await?,
         // The server is gone: nobody is left to confirm to; what we gave must still be flushed.
         Stopped::ByServer => {
-            pipeline.sink.flush(pipeline.committed).await.map_err(sink_error)?;
+            let flushed = pipeline.sink.flush(pipeline.committed).await.map_err(sink_error)?;
+            pipeline.meter.flushed(flushed.min(pipeline.committed));
         }
     }
     let summary = pipeline.summary.clone();
@@ -206,6 +212,8 @@ struct Pipeline<'a, S> {
     /// End of the last transaction given to the sink (or the server's position when idle).
     committed: Lsn,
     summary: Summary,
+    /// Counts what becomes durable, for the metrics.
+    meter: CaptureMeter,
 }
 
 /// What reading the stream gave.
@@ -222,6 +230,7 @@ impl<S: Sink> Pipeline<'_, S> {
         let mut events = Vec::new();
         let mut last_status = Instant::now();
         let mut last_prune: Option<Instant> = None;
+        let mut last_sample: Option<Instant> = None;
         let stop_signal = stop_signal();
         tokio::pin!(stop_signal);
         loop {
@@ -230,6 +239,12 @@ impl<S: Sink> Pipeline<'_, S> {
                     prune_context(self.sql, retention).await?;
                     last_prune = Some(Instant::now());
                 }
+            }
+            if last_sample.is_none_or(|at| at.elapsed() >= SAMPLE_INTERVAL) {
+                if let Some(lsn) = server_wal_position(self.sql).await? {
+                    self.meter.server_position(lsn);
+                }
+                last_sample = Some(Instant::now());
             }
             let next = tokio::select! {
                 // Cancel-safe: the stream loses no data when a signal wins the race.
@@ -297,6 +312,7 @@ impl<S: Sink> Pipeline<'_, S> {
                 let Some(txn) = self.assembler.current() else { return Ok(Flow::Go) };
                 self.summary.changes += 1;
                 self.sink.change(txn, &change).await.map_err(sink_error)?;
+                self.meter.change(&change.table, change.op);
             }
             Step::Commit { txn, end_lsn } => {
                 // test_decoding tells the commit position only now (the others at BEGIN).
@@ -304,6 +320,7 @@ impl<S: Sink> Pipeline<'_, S> {
                     return Ok(Flow::Stop);
                 }
                 self.sink.commit(&txn, end_lsn).await.map_err(sink_error)?;
+                self.meter.commit(end_lsn, txn.committed_at);
                 self.committed = end_lsn;
                 self.summary.transactions += 1;
             }
@@ -317,6 +334,7 @@ impl<S: Sink> Pipeline<'_, S> {
         let durable = self.sink.flush(self.committed).await.map_err(sink_error)?.min(self.committed);
         self.stream.send_status(self.committed, durable).await?;
         self.summary.confirmed = self.summary.confirmed.max(durable);
+        self.meter.flushed(durable);
         Ok(())
     }
 
@@ -349,7 +367,10 @@ impl<S: Sink> Pipeline<'_, S> {
                     tracing::warn!(lsn = %lsn, r#type = %ty, "type not in the database any more: its values are text");
                     self.catalog.assume_text(&ty);
                 }
-                Err(other) => return Err(error(other)),
+                Err(other) => {
+                    metrics::decode_error(plugin);
+                    return Err(error(other));
+                }
             }
         }
         Err(error(DecodeError::Malformed { at: 0, expected: "a message naming fewer types and tables" }))
@@ -380,4 +401,16 @@ async fn prune_context(sql: &tokio_postgres::Client, retention: Duration) -> Res
         .await?;
     tracing::debug!(rows = row.get::<_, i64>(0), "pruned old context rows");
     Ok(())
+}
+
+/// The server's WAL position: where it writes (or, on a standby, where it has replayed to).
+async fn server_wal_position(sql: &tokio_postgres::Client) -> Result<Option<Lsn>, PipelineError> {
+    let row = sql
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await?;
+    let text: Option<String> = row.get(0);
+    Ok(text.and_then(|text| text.parse().ok()))
 }

@@ -16,12 +16,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Notify};
 
-use crate::api::{self, ApiState, Database};
+use crate::api::{self, ApiConfig, ApiState, Database};
 
 use crate::decode::Plugin;
 use crate::deliver::{self, DeliveryOptions};
-use crate::feed::FeedWriter;
+use crate::feed::{self, FeedWriter};
 use crate::lsn::Lsn;
+use crate::metrics;
 use crate::pipeline::{self, PipelineError, SlotChoice, Stopped, StreamOptions};
 use crate::source::ConnInfo;
 
@@ -43,6 +44,8 @@ pub struct RunOptions {
     /// Stop once the feed holds everything up to here (benchmarks, tests); None: run until signalled.
     pub endpos: Option<Lsn>,
     pub delivery: DeliveryOptions,
+    /// Tokens and limits of the HTTP API.
+    pub api: ApiConfig,
 }
 
 /// How often a standby tries to become the active streamer.
@@ -74,12 +77,15 @@ pub async fn run(options: &RunOptions, listener: TcpListener) -> Result<(), Pipe
         active_receiver,
         delivery_stopped,
     ));
+    metrics::init(&[options.plugin.name()]);
+    tokio::spawn(feed::stats::sample(options.feed.clone(), stored_receiver.clone()));
     let state = ApiState {
         feed: Arc::new(Database::new(options.feed.clone())),
         source: Arc::new(Database::new(options.source.clone())),
         stored: stored_receiver,
         streaming: Arc::clone(&streaming),
         subscriptions,
+        config: Arc::new(options.api.clone()),
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -126,12 +132,14 @@ async fn stream(
             Ok(Stopped::Signal | Stopped::AtEndpos) => return Ok(()),
             Ok(Stopped::ByServer) => {
                 tracing::warn!("the server ended the stream; reconnecting");
+                metrics::reconnected();
                 backoff = BACKOFF.0;
             }
             Err(error) if is_transient(&error) => {
                 tracing::warn!(error = %error_chain(&error), retry_in = ?backoff, "streaming failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF.1);
+                metrics::reconnected();
             }
             Err(error) => return Err(error),
         }
@@ -266,4 +274,35 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         cause = next.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Auth;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let source = ConnInfo::parse("postgres://app:db-password-1@db.example/app?sslmode=require").unwrap();
+        let feed = ConnInfo::parse("host=feed user=f password='feed-password-2'").unwrap();
+        let options = RunOptions {
+            source,
+            feed,
+            plugin: Plugin::Pgoutput,
+            slot: "pubsubpull".into(),
+            publication: "pubsubpull".into(),
+            retention: Duration::from_secs(60),
+            endpos: None,
+            delivery: DeliveryOptions::default(),
+            api: ApiConfig {
+                auth: Auth::new(Some("api-token-3"), Some("read-token-4")).unwrap(),
+                ..ApiConfig::default()
+            },
+        };
+        let shown = format!("{options:?} {options:#?}");
+        for secret in ["db-password-1", "feed-password-2", "api-token-3", "read-token-4"] {
+            assert!(!shown.contains(secret), "{secret} shown in {shown}");
+        }
+        assert!(shown.contains("db.example") && shown.contains("<hidden>"), "{shown}");
+    }
 }

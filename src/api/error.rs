@@ -32,6 +32,15 @@ pub enum ApiError {
     /// A query failed for another reason.
     #[error("the feed query failed")]
     Internal(#[source] tokio_postgres::Error),
+    /// No bearer token, or (`invalid`) one that is not ours.
+    #[error("unauthorized")]
+    Unauthorized { invalid: bool },
+    /// The read token on a method that writes.
+    #[error("forbidden")]
+    Forbidden,
+    /// The client's rate limit is spent; it may try again after `retry_after` seconds.
+    #[error("too many requests")]
+    TooManyRequests { retry_after: u64 },
 }
 
 impl ApiError {
@@ -85,6 +94,29 @@ impl IntoResponse for ApiError {
             ApiError::Internal(source) => {
                 tracing::error!(error = %source, "feed query failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error", Value::Null)
+            }
+            ApiError::Unauthorized { invalid } => {
+                let (error, challenge) = if *invalid {
+                    ("invalid token", "Bearer realm=\"pubsubpull\", error=\"invalid_token\"")
+                } else {
+                    ("missing token", "Bearer realm=\"pubsubpull\"")
+                };
+                let detail = json!({ "expected": "Authorization: Bearer TOKEN" });
+                let mut response = (StatusCode::UNAUTHORIZED, json_body(error, detail)).into_response();
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                return response;
+            }
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "the read token allows GET only",
+                json!({ "expected": "the API token" }),
+            ),
+            ApiError::TooManyRequests { retry_after } => {
+                let detail = json!({ "retry_after": retry_after });
+                let mut response =
+                    (StatusCode::TOO_MANY_REQUESTS, json_body("too many requests", detail)).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                return response;
             }
         };
         (status, json_body(error, detail)).into_response()

@@ -1,22 +1,32 @@
 //! The HTTP API (axum): `GET /feed` pulls the feed, `GET /tables/{t}/rows` iterates over a
 //! table's rows (backfill), `GET /healthz` and `GET /readyz` say whether the process serves and
-//! whether it streams. One file per resource; errors in [`error`].
+//! whether it streams, `GET /metrics` serves the metrics. One file per resource; errors in
+//! [`error`]; in front of every route, the request metrics, a body size limit, the optional rate
+//! limit ([`limit`]) and the bearer-token check ([`auth`]).
 //!
 //! Guarantees: a pull never sees part of a transaction (the feed commits transactions whole); a
 //! long poll wakes as soon as the streamer commits a new position (it is told through a watch
 //! channel, not by polling the database).
 
+pub mod allowlist;
+pub mod auth;
 mod error;
 mod feed;
 mod health;
+mod limit;
+mod metrics;
 mod rows;
 mod subscriptions;
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -25,12 +35,27 @@ use tokio_postgres::Client;
 
 use crate::source::ConnInfo;
 
+pub use allowlist::SubscriberAllow;
+pub use auth::Auth;
 pub use error::ApiError;
 pub(crate) use feed::encode_change;
 pub use feed::{format_position, parse_position};
 
 /// How long connecting to the feed database may take before a request gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest request body read (a subscription definition is well under 1 KiB).
+pub const MAX_BODY: usize = 64 << 10;
+
+/// How the API guards itself: tokens, limits, where subscribers may be. `Debug` shows no token.
+#[derive(Clone, Debug, Default)]
+pub struct ApiConfig {
+    pub auth: Auth,
+    /// Requests per second per client address (bursts of as many); None: unlimited.
+    pub rate_limit: Option<NonZeroU32>,
+    /// Where subscriptions may deliver.
+    pub subscriber_allow: SubscriberAllow,
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -45,6 +70,8 @@ pub struct ApiState {
     pub streaming: Arc<AtomicBool>,
     /// Notified when a subscription is created, replaced or deleted (the delivery supervisor waits on it).
     pub subscriptions: Arc<Notify>,
+    /// Tokens, limits, the subscriber allowlist.
+    pub config: Arc<ApiConfig>,
 }
 
 /// One connection to a database (the feed's or the source's), shared by every request
@@ -91,7 +118,7 @@ impl Database {
 /// The API's routes. Methods a route does not support get 405 with an `Allow` header; unknown
 /// paths get 404, both with the JSON error body.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/feed", get(feed::pull).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }))
         .route(
             "/tables/{table}/rows",
@@ -116,10 +143,26 @@ pub fn router(state: ApiState) -> Router {
                 .delete(subscriptions::delete)
                 .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, PUT, DELETE" } }),
         )
+        .route(
+            "/metrics",
+            get(metrics::scrape).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
+        )
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound { detail: serde_json::json!({ "path": uri.path() }) }
-        })
-        .with_state(state)
+        });
+    guard(routes, &state).with_state(state)
+}
+
+/// The layers in front of every route, outermost first: request metrics (which see every
+/// answer, refusals included), the body size limit, the rate limit (before the token check, so
+/// that guessing tokens is limited too), the token check.
+fn guard(routes: Router<ApiState>, state: &ApiState) -> Router<ApiState> {
+    let mut router = routes.layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    if let Some(rate) = state.config.rate_limit {
+        let limiter = Arc::new(limit::RateLimiter::new(rate));
+        router = router.layer(middleware::from_fn_with_state(limiter, limit::limit));
+    }
+    router.layer(DefaultBodyLimit::max(MAX_BODY)).layer(middleware::from_fn(metrics::record))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets requests in flight finish.
@@ -128,5 +171,6 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let service = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service).with_graceful_shutdown(shutdown).await
 }

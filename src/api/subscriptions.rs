@@ -17,12 +17,9 @@ use serde_json::{json, Value};
 use tokio_postgres::Row;
 
 use super::feed::parse_table_name;
-use super::{format_position, parse_position, ApiError, ApiState};
+use super::{format_position, parse_position, ApiError, ApiState, SubscriberAllow, MAX_BODY};
 use crate::deliver::sign::Secret;
 use crate::deliver::subscription::{self, Operations};
-
-/// The largest body a `PUT` may have.
-const MAX_BODY: usize = 64 << 10;
 
 /// A `PUT` body.
 #[derive(Debug, Deserialize)]
@@ -59,13 +56,19 @@ struct Checked {
     paused: bool,
 }
 
-fn check(definition: Definition) -> Result<Checked, ApiError> {
+fn check(definition: Definition, allow: &SubscriberAllow) -> Result<Checked, ApiError> {
     let url = subscription::parse_url(&definition.url).map_err(|reason| {
         ApiError::bad_request(
             "url is not an http or https URL",
             json!({ "url": definition.url, "reason": reason }),
         )
     })?;
+    if !allow.allows(&url) {
+        return Err(ApiError::bad_request(
+            "url is not allowed by the subscriber allowlist",
+            json!({ "url": definition.url, "fix": "an address PUBSUBPULL_SUBSCRIBER_ALLOW lists" }),
+        ));
+    }
     if definition.tables.is_empty() {
         return Err(ApiError::bad_request(
             "tables is empty",
@@ -173,7 +176,7 @@ pub(super) async fn put(
     let definition: Definition = serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request("the body is not a subscription", json!({ "reason": error.to_string() }))
     })?;
-    let checked = check(definition)?;
+    let checked = check(definition, &state.config.subscriber_allow)?;
     untracked(&state, &checked).await?;
 
     let client = state.feed.client().await?;
@@ -351,7 +354,9 @@ mod tests {
     use super::*;
 
     fn definition(value: Value) -> Result<Checked, ApiError> {
-        check(serde_json::from_value(value).map_err(|e| ApiError::bad_request("parse", e.to_string()))?)
+        let definition =
+            serde_json::from_value(value).map_err(|e| ApiError::bad_request("parse", e.to_string()))?;
+        check(definition, &SubscriberAllow::default())
     }
 
     #[test]

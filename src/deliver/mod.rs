@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::Database;
+use crate::metrics;
 use crate::source::ConnInfo;
 use retry::Backoff;
 use subscription::Subscription;
@@ -182,6 +183,7 @@ impl Workers {
             let running = self.running.get(&subscription.name).map(|(generation, _)| *generation);
             if subscription.paused {
                 self.stop(&subscription.name);
+                metrics::subscription_state(&subscription.name, metrics::SubscriptionState::Paused);
             } else if running != Some(subscription.generation) {
                 self.stop(&subscription.name);
                 let name = Arc::clone(&subscription.name);
@@ -194,6 +196,7 @@ impl Workers {
             self.running.keys().filter(|name| !current.contains(*name)).cloned().collect();
         for name in gone {
             self.stop(&name);
+            metrics::forget_subscription(&name);
         }
     }
 

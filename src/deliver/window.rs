@@ -30,6 +30,8 @@ pub struct Entry {
     pub op: u8,
     /// The change object, as `GET /feed` serves it.
     pub json: Box<str>,
+    /// Its transaction's commit time (seconds since the epoch), for the delivery latency.
+    pub committed_at: Option<f64>,
 }
 
 impl Entry {
@@ -39,7 +41,13 @@ impl Entry {
         let body: &str = row.get(2);
         let mut json = String::new();
         encode_change(&mut json, position, body, row.get(3), row.get(4), row.get(5));
-        Entry { position, table: row.get::<_, &str>(1).into(), op: op_of(body), json: json.into() }
+        Entry {
+            position,
+            table: row.get::<_, &str>(1).into(),
+            op: op_of(body),
+            json: json.into(),
+            committed_at: row.get(6),
+        }
     }
 
     /// What it takes in memory, roughly.
@@ -62,8 +70,9 @@ fn op_of(body: &str) -> u8 {
 
 /// Changes after `$1` up to `$2`, of the tables `$3` (all when empty), in feed order.
 const QUERY: &str = "SELECT f.position, f.table_name, f.body, t.xid::text, \
-     to_char(t.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), t.context::text \
-     FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t USING (txn) \
+     to_char(t.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), t.context::text, \
+     extract(epoch FROM t.committed_at)::float8 \
+     FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t ON t.segment = f.segment AND t.txn = f.txn \
      WHERE f.position > $1 AND f.position <= $2 AND (cardinality($3::text[]) = 0 OR f.table_name = ANY($3)) \
      ORDER BY f.position LIMIT $4";
 
@@ -299,6 +308,7 @@ mod tests {
             table: table.into(),
             op: Operations::bit(op).unwrap(),
             json: format!("{{\"position\":{position}}}").into(),
+            committed_at: None,
         })
     }
 

@@ -14,6 +14,7 @@ use super::subscription::Subscription;
 use super::window::{self, Batch, Read, Window};
 use super::DeliveryOptions;
 use crate::api::Database;
+use crate::metrics::{self, FailureKind, SubscriptionState};
 
 /// A batch closes at about this many bytes of changes (one change at least).
 const MAX_BATCH_BYTES: usize = 1 << 20;
@@ -63,6 +64,7 @@ async fn deliver_all(subscription: &Subscription, shared: &Shared) -> End {
     let mut stored = cursor;
     let mut stored_at = Instant::now();
     let mut read_failures = 0;
+    metrics::subscription_state(&subscription.name, SubscriptionState::Active);
     loop {
         if *stop.borrow() {
             return End::Stop;
@@ -77,6 +79,7 @@ async fn deliver_all(subscription: &Subscription, shared: &Shared) -> End {
                     batch
                 }
                 Ok(Read::BehindRetention { oldest }) => {
+                    metrics::subscription_state(&subscription.name, SubscriptionState::BehindRetention);
                     tracing::warn!(
                         subscription = %subscription.name, cursor, oldest,
                         "the changes after the subscription's cursor are no longer retained; \
@@ -119,6 +122,7 @@ async fn deliver_all(subscription: &Subscription, shared: &Shared) -> End {
             return end;
         }
         cursor = batch.scanned_to;
+        acknowledged_metrics(subscription, &batch, end.saturating_sub(cursor));
         match acknowledged(shared, subscription, cursor).await {
             Some(false) => return End::Gone,
             Some(true) => stored = cursor,
@@ -128,6 +132,21 @@ async fn deliver_all(subscription: &Subscription, shared: &Shared) -> End {
         }
         stored_at = Instant::now();
     }
+}
+
+/// Seconds since `committed_at` (seconds since the epoch).
+fn age(committed_at: Option<f64>) -> Option<f64> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
+    committed_at.map(|at| (now - at).max(0.0))
+}
+
+/// Counts an acknowledged batch: its changes, the latency from its last commit, the lag left.
+fn acknowledged_metrics(subscription: &Subscription, batch: &Batch, behind: i64) {
+    let last = batch.changes.last().and_then(|change| age(change.committed_at));
+    let latency = Duration::from_secs_f64(last.unwrap_or(0.0));
+    metrics::delivery_acknowledged(&subscription.name, batch.changes.len() as u64, latency);
+    metrics::subscription_lag(&subscription.name, behind, if behind > 0 { last.unwrap_or(0.0) } else { 0.0 });
+    metrics::subscription_state(&subscription.name, SubscriptionState::Active);
 }
 
 /// Waits until the process stops (true) or `timeout` passes (false).
@@ -196,7 +215,14 @@ async fn deliver(
         attempts += 1;
         let error = match send(subscription, shared, &id, body.clone()).await {
             Ok(()) => return Ok(()),
-            Err(error) => error,
+            Err((kind, error)) => {
+                metrics::delivery_failed(&subscription.name, kind);
+                metrics::subscription_state(&subscription.name, SubscriptionState::Retrying);
+                let waiting = batch.changes.first().and_then(|change| age(change.committed_at));
+                let behind = shared.window.head().borrow().saturating_sub(first - 1);
+                metrics::subscription_lag(&subscription.name, behind, waiting.unwrap_or(0.0));
+                error
+            }
         };
         let delay = shared.options.backoff.delay(attempts);
         tracing::warn!(subscription = %subscription.name, attempts, error = %error, retry_in = ?delay, "delivery failed");
@@ -233,8 +259,13 @@ fn encode_body(name: &str, batch: &Batch) -> Bytes {
     Bytes::from(body)
 }
 
-/// One attempt: Ok on a 2xx, else what went wrong, as the status shows it.
-async fn send(subscription: &Subscription, shared: &Shared, id: &str, body: Bytes) -> Result<(), String> {
+/// One attempt: Ok on a 2xx, else what went wrong: its kind, and as the status shows it.
+async fn send(
+    subscription: &Subscription,
+    shared: &Shared,
+    id: &str,
+    body: Bytes,
+) -> Result<(), (FailureKind, String)> {
     let mut request = shared
         .http
         .put(subscription.url.clone())
@@ -246,7 +277,8 @@ async fn send(subscription: &Subscription, shared: &Shared, id: &str, body: Byte
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", secret.sign(id, timestamp, &body));
     }
-    let mut response = request.body(body).send().await.map_err(|error| describe(&error, shared))?;
+    let mut response =
+        request.body(body).send().await.map_err(|error| (failure_kind(&error), describe(&error, shared)))?;
     let status = response.status();
     // Read (a little of) the answer, so that the connection is reused.
     let mut read = 0;
@@ -258,13 +290,28 @@ async fn send(subscription: &Subscription, shared: &Shared, id: &str, body: Byte
                 tracing::debug!(subscription = %subscription.name, error = %describe(&error, shared), "acknowledged, the response body cut");
                 break;
             }
-            Err(error) => return Err(format!("HTTP {status}, then {}", describe(&error, shared))),
+            Err(error) => {
+                return Err((
+                    FailureKind::Status,
+                    format!("HTTP {status}, then {}", describe(&error, shared)),
+                ))
+            }
         }
     }
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("HTTP {status}"))
+        Err((FailureKind::Status, format!("HTTP {status}")))
+    }
+}
+
+fn failure_kind(error: &reqwest::Error) -> FailureKind {
+    if error.is_timeout() {
+        FailureKind::Timeout
+    } else if error.is_connect() {
+        FailureKind::Connect
+    } else {
+        FailureKind::Other
     }
 }
 
@@ -297,6 +344,7 @@ mod tests {
                     table: "public.a".into(),
                     op: 1,
                     json: format!("{{\"position\":\"{position:016x}\"}}").into(),
+                    committed_at: None,
                 })
             })
             .to_vec();

@@ -16,6 +16,7 @@ use axum::routing::put;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::api::ApiConfig;
 use crate::decode::Plugin;
 use crate::deliver::DeliveryOptions;
 use crate::run::{self, RunOptions};
@@ -78,6 +79,8 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         retention: Duration::from_secs(7 * 24 * 3600),
         endpos: None,
         delivery: DeliveryOptions::default(),
+        // The demo's API is open: it listens on loopback, for the person running it.
+        api: ApiConfig::default(),
     };
     say("streamer", &format!("pubsubpull run: API on {api} (try: curl {api}/feed); Ctrl-C stops the demo"));
     let outcome = tokio::select! {

@@ -7,6 +7,7 @@
 //! confirmed only up to the checkpoint, and the stream restarts from it, so every change is stored
 //! exactly once, in commit order, whatever stops the process.
 
+pub mod stats;
 mod write;
 
 pub use write::{FeedWriter, WriteError};

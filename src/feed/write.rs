@@ -259,6 +259,7 @@ impl Sink for FeedWriter {
 impl FeedWriter {
     /// Commits what the committed source transactions gave, with the checkpoint `up_to`.
     async fn store(&mut self, up_to: Lsn) -> Result<(), WriteError> {
+        let started = Instant::now();
         if self.rows_committed > 0 {
             self.send_rows(self.rows_committed).await?;
         }
@@ -290,6 +291,7 @@ impl FeedWriter {
             )
             .await?;
         self.client.batch_execute("COMMIT").await?;
+        crate::metrics::feed_written(started.elapsed());
         self.durable = up_to.max(self.durable);
         if let Some(stored) = &self.stored {
             let position = self.committed_position;

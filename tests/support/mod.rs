@@ -9,6 +9,7 @@
 
 pub mod cluster;
 pub mod replication;
+pub mod server;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
