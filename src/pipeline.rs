@@ -25,6 +25,11 @@ use crate::tracking::{self, Tracked};
 /// How often a consumer with a retention prunes old context rows.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How long the stream may be quiet after a commit before the sink is flushed: a transaction
+/// is stored as soon as the stream pauses, and under load (no pause) every `flush_interval`, so
+/// that busy streams still write in batches.
+const IDLE_FLUSH: Duration = Duration::from_millis(1);
+
 /// How often the server's WAL position is sampled, for the replication lag.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -98,8 +103,8 @@ pub struct StreamOptions {
     pub endpos: Option<Lsn>,
     /// Prune `pubsubpull.context` rows older than this (None: leave the table alone).
     pub retention: Option<Duration>,
-    /// How often the sink is flushed and the slot confirmed (well under the server's
-    /// `wal_sender_timeout`, 60 s by default).
+    /// How often the sink is flushed and the slot confirmed at least (well under the server's
+    /// `wal_sender_timeout`, 60 s by default); also as soon as the stream pauses after a commit.
     pub flush_interval: Duration,
     /// Where to start: the server skips transactions whose commit record starts before it (the
     /// sink's checkpoint); `Lsn::ZERO` starts at the slot's confirmed position.
@@ -246,14 +251,17 @@ impl<S: Sink> Pipeline<'_, S> {
                 }
                 last_sample = Some(Instant::now());
             }
+            let unflushed = self.committed > self.summary.confirmed && self.assembler.is_idle();
+            let wait = if unflushed { IDLE_FLUSH } else { self.options.flush_interval };
             let next = tokio::select! {
                 // Cancel-safe: the stream loses no data when a signal wins the race.
                 _ = &mut stop_signal => return Ok(Stopped::Signal),
-                next = tokio::time::timeout(self.options.flush_interval, self.stream.next()) => match next {
+                next = tokio::time::timeout(wait, self.stream.next()) => match next {
                     Ok(message) => message?.map_or(Next::End, Next::Message),
                     Err(_elapsed) => Next::Idle,
                 },
             };
+            let quiet = matches!(next, Next::Idle);
             match next {
                 Next::End => return Ok(Stopped::ByServer),
                 Next::Idle => {}
@@ -289,7 +297,7 @@ impl<S: Sink> Pipeline<'_, S> {
                     }
                 }
             }
-            if last_status.elapsed() >= self.options.flush_interval {
+            if last_status.elapsed() >= self.options.flush_interval || quiet && unflushed {
                 self.confirm().await?;
                 last_status = Instant::now();
             }

@@ -111,17 +111,21 @@ async fn the_feed_is_exact_after_twenty_kills() {
     });
     let mut checkpoints = std::collections::BTreeSet::new();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
+    let checkpoint = || db.sql("SELECT coalesce(max(last_position), 0) FROM pubsubpull.feed_checkpoint");
     for _ in 0..20 {
+        let before = checkpoint();
         let mut streamer = spawn_run(&url, &slot);
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(200 + seed % 1300)).await;
+        // Killed at a random moment once it has stored something, however slow the machine.
+        support::wait_until("the streamer to store", Duration::from_secs(30), || checkpoint() != before);
+        tokio::time::sleep(Duration::from_millis(seed % 1300)).await;
         streamer.kill().expect("SIGKILL the streamer");
         streamer.wait().unwrap();
-        checkpoints.insert(db.sql("SELECT last_position FROM pubsubpull.feed_checkpoint"));
+        checkpoints.insert(checkpoint());
     }
-    assert!(checkpoints.len() >= 10, "the streamer made progress between kills: {checkpoints:?}");
+    assert_eq!(checkpoints.len(), 20, "the streamer made progress between kills: {checkpoints:?}");
     stop.store(true, Ordering::Relaxed);
     let transactions = writer.await.unwrap();
     let endpos = db.current_lsn();
