@@ -5,35 +5,13 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::server::{pubsubpull, Server};
 use support::TestDb;
-
-/// A running `pubsubpull run` and the base URL of its API; killed when dropped.
-struct Server {
-    child: Child,
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pubsubpull(args: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_pubsubpull")).args(args).output().expect("run pubsubpull");
-    assert!(output.status.success(), "pubsubpull {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A database with `orders` and `notes` tracked, and the streamer with its API, ready.
 async fn start() -> (TestDb, Server) {
@@ -43,29 +21,7 @@ async fn start() -> (TestDb, Server) {
 /// As [`start`], with more arguments for `pubsubpull run`.
 async fn start_with(run_args: &[&str]) -> (TestDb, Server) {
     let db = TestDb::new();
-    let url = db.url();
-    pubsubpull(&["migrate", "--database-url", &url]);
-    db.sql("CREATE TABLE orders (id int PRIMARY KEY, total numeric); CREATE TABLE notes (id int PRIMARY KEY, body text)");
-    pubsubpull(&["track", "--database-url", &url, "orders", "notes"]);
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
-        .args(["run", "--database-url", &url, "--slot", &db.slot("api")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(run_args)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start pubsubpull run");
-    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new() };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = server.http.get(format!("{}/readyz", server.base)).send().await {
-            if response.status() == StatusCode::OK {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the streamer did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = Server::start(&db, run_args, &[]).await;
     (db, server)
 }
 
@@ -365,7 +321,7 @@ async fn readiness_follows_the_database_and_the_api_reconnects() {
     };
     psql("CREATE TABLE orders (id int PRIMARY KEY)");
     pubsubpull(&["track", "--database-url", &url, "orders"]);
-    let port = free_port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
         .args(["run", "--database-url", &url, "--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "error")
