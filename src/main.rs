@@ -80,6 +80,10 @@ struct RunArgs {
     /// Exit once the feed holds everything up to this LSN (for tests and benchmarks).
     #[arg(long)]
     endpos: Option<Lsn>,
+    /// Go on when the slot was dropped and created again (or advanced) past what the feed holds,
+    /// accepting that the changes in between are lost (without it, that stops the streamer).
+    #[arg(long)]
+    accept_gap: bool,
     /// Address the HTTP API listens on (port 0: any free port, logged).
     #[arg(long, env = "PUBSUBPULL_LISTEN", default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -249,6 +253,7 @@ async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
             backoff: Backoff { first: Backoff::default().first, max: args.delivery.delivery_backoff_max },
             window_bytes: (args.delivery.delivery_window_mb as usize) << 20,
         },
+        accept_gap: args.accept_gap,
         api,
     };
     if !options.api.auth.is_enabled() && !args.listen.ip().is_loopback() {
@@ -288,6 +293,7 @@ async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
         // stdout is flushed once a second, as pg_recvlogical does (it may be a slow pipe).
         flush_interval: std::time::Duration::from_secs(1),
         streaming: None,
+        accept_gap: false,
     };
     let summary = tail::tail(&conninfo, &options, std::io::stdout().lock()).await?;
     tracing::info!(

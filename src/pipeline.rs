@@ -18,7 +18,7 @@ use crate::decode::{self, Catalog, Change, DecodeError, Decoder, Plugin};
 use crate::lsn::Lsn;
 use crate::metrics::{self, CaptureMeter};
 use crate::source::{
-    self, ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SourceError,
+    self, ConnInfo, ReplicationConnection, ReplicationMessage, ReplicationStream, SlotState, SourceError,
 };
 use crate::tracking::{self, Tracked};
 
@@ -72,6 +72,12 @@ pub enum PipelineError {
     },
     #[error("publication {0:?} does not exist: create it (CREATE PUBLICATION {0} FOR ALL TABLES, or pubsubpull track TABLE) or name another with --publication")]
     NoPublication(String),
+    #[error(
+        "slot {slot} starts at {slot_start}, but what was stored from it ends at {stored}: the slot was dropped \
+         and created again (or advanced), so the changes in between are gone from the server. \
+         Nothing was written; to go on from the slot's position, accepting that gap, run once with --accept-gap"
+    )]
+    SlotAhead { slot: String, stored: Lsn, slot_start: Lsn },
     #[error("the output failed")]
     Sink(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -111,6 +117,9 @@ pub struct StreamOptions {
     pub start: Lsn,
     /// Set once the replication stream has started (for readiness); the caller clears it.
     pub streaming: Option<Arc<AtomicBool>>,
+    /// Go on when the slot starts past `start` (it was dropped and created again, or advanced):
+    /// the changes between are lost. Otherwise that is an error.
+    pub accept_gap: bool,
 }
 
 /// Why streaming stopped.
@@ -151,7 +160,20 @@ pub async fn stream<S: Sink>(
         SlotChoice::Named(name) => (name.clone(), false),
         SlotChoice::Temporary => (format!("pubsubpull_tail_{}", std::process::id()), true),
     };
-    source::ensure_slot(&sql, &mut replication, &slot, options.plugin.name(), temporary).await?;
+    let slot_state =
+        source::ensure_slot(&sql, &mut replication, &slot, options.plugin.name(), temporary).await?;
+    let slot_start = match slot_state {
+        SlotState::Created { consistent_point } => Some(consistent_point),
+        SlotState::Existing { confirmed_flush } => confirmed_flush,
+    };
+    // The sink holds the stream up to `start` and the slot only keeps what comes after its own
+    // start: what lies between is gone from the server.
+    if let Some(slot_start) = slot_start.filter(|&at| options.start != Lsn::ZERO && at > options.start) {
+        if !options.accept_gap {
+            return Err(PipelineError::SlotAhead { slot, stored: options.start, slot_start });
+        }
+        tracing::warn!(%slot, stored = %options.start, %slot_start, "accepting a gap in the stream: its changes are lost");
+    }
     let start_options = match options.plugin {
         Plugin::Pgoutput => decode::pgoutput::start_options(&options.publication, server_version),
         Plugin::Wal2json => decode::wal2json::start_options(),

@@ -44,6 +44,8 @@ pub struct RunOptions {
     /// Stop once the feed holds everything up to here (benchmarks, tests); None: run until signalled.
     pub endpos: Option<Lsn>,
     pub delivery: DeliveryOptions,
+    /// Go on past a gap between the feed and a slot that was dropped and created again.
+    pub accept_gap: bool,
     /// Tokens and limits of the HTTP API.
     pub api: ApiConfig,
 }
@@ -170,6 +172,7 @@ async fn run_once(
         start: writer.durable(),
         flush_interval: FLUSH_INTERVAL,
         streaming: Some(Arc::clone(streaming)),
+        accept_gap: options.accept_gap,
     };
     tracing::info!(slot = %options.slot, start = %writer.durable(), "streaming into the feed");
     let (stopped, summary) = pipeline::stream(&options.source, &stream_options, &mut writer).await?;
@@ -259,9 +262,10 @@ fn is_transient(error: &PipelineError) -> bool {
     match error {
         PipelineError::Source(source) => source.is_transient(),
         PipelineError::Sink(_) => true,
-        PipelineError::Decode { .. } | PipelineError::Assemble { .. } | PipelineError::NoPublication(_) => {
-            false
-        }
+        PipelineError::Decode { .. }
+        | PipelineError::Assemble { .. }
+        | PipelineError::NoPublication(_)
+        | PipelineError::SlotAhead { .. } => false,
     }
 }
 
@@ -294,6 +298,7 @@ mod tests {
             retention: Duration::from_secs(60),
             endpos: None,
             delivery: DeliveryOptions::default(),
+            accept_gap: false,
             api: ApiConfig {
                 auth: Auth::new(Some("api-token-3"), Some("read-token-4")).unwrap(),
                 ..ApiConfig::default()

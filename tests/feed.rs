@@ -310,3 +310,54 @@ async fn a_standby_takes_over_and_the_feed_stays_exact() {
     assert_eq!(stored.len(), expected.len(), "no gap, no duplicate");
     assert!(stored == expected, "the feed equals the committed changes, in commit order");
 }
+
+#[test]
+fn a_dropped_slot_stops_the_streamer_until_the_gap_is_accepted() {
+    let db = TestDb::new();
+    let url = db.url();
+    pubsubpull(&["migrate", "--database-url", &url]);
+    db.sql("CREATE TABLE a (id bigint PRIMARY KEY, v text)");
+    pubsubpull(&["track", "--database-url", &url, "a"]);
+    let slot = db.slot("dropped");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    let run = |extra: &[&str]| {
+        let endpos = db.current_lsn();
+        Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+            .args([
+                "run",
+                "--database-url",
+                &url,
+                "--slot",
+                &slot,
+                "--listen",
+                "127.0.0.1:0",
+                "--endpos",
+                &endpos,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let stored = || {
+        db.sql("SELECT string_agg((body || '}')::json -> 'key' ->> 'id', ',' ORDER BY position) FROM pubsubpull.feed")
+    };
+    db.sql("INSERT INTO a VALUES (1, 'kept')");
+    assert!(run(&[]).status.success());
+    assert_eq!(stored(), "1");
+
+    // The slot goes, and with it what was written meanwhile: the streamer says so and stops.
+    db.sql(&format!("SELECT pg_drop_replication_slot('{slot}')"));
+    db.sql("INSERT INTO a VALUES (2, 'lost with the slot')");
+    let refused = run(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("was dropped") && stderr.contains("--accept-gap"), "{stderr}");
+    assert!(run(&[]).status.code() == Some(1), "it stays stopped until told");
+    assert_eq!(stored(), "1", "nothing written past the gap");
+
+    db.sql("INSERT INTO a VALUES (3, 'after the gap')");
+    let accepted = run(&["--accept-gap"]);
+    assert!(accepted.status.success(), "{}", String::from_utf8_lossy(&accepted.stderr));
+    assert_eq!(stored(), "1,3");
+}

@@ -79,6 +79,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         retention: Duration::from_secs(7 * 24 * 3600),
         endpos: None,
         delivery: DeliveryOptions::default(),
+        accept_gap: false,
         // The demo's API is open: it listens on loopback, for the person running it.
         api: ApiConfig::default(),
     };
