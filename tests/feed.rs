@@ -27,12 +27,17 @@ fn spawn_run(url: &str, slot: &str) -> Child {
 }
 
 /// The feed of the database at `url`, each change with its transaction's xid and context, as tail
-/// writes them (less the commit time, which the feed keeps as a timestamptz).
+/// writes them (less the commit time, which the feed keeps as a timestamptz). The stored body is
+/// expanded as the API does it: `table` put back after the LSN, the default `old` and `unchanged`
+/// when they were left out.
 fn feed(url: &str) -> Vec<Value> {
     let rows = psql(
         url,
-        "SELECT f.position, f.body || ',\"xid\":' || coalesce(t.xid::text, 'null') || ',\"context\":' \
-         || coalesce(t.context::text, 'null') || '}' FROM pubsubpull.feed f \
+        "SELECT f.position, split_part(f.body, ',', 1) || ',\"table\":' || to_json(f.table_name)::text || ',' \
+         || substr(f.body, length(split_part(f.body, ',', 1)) + 2) \
+         || CASE WHEN right(f.body, 1) = ']' THEN '' ELSE ',\"old\":null,\"unchanged\":[]' END \
+         || ',\"xid\":' || coalesce(t.xid::text, 'null') || ',\"context\":' || coalesce(t.context::text, 'null') || '}' \
+         FROM pubsubpull.feed f \
          JOIN pubsubpull.feed_transaction t ON t.segment = f.segment AND t.txn = f.txn ORDER BY f.position",
     );
     let mut changes = Vec::new();

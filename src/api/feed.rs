@@ -19,6 +19,7 @@ use tokio_postgres::{Row, RowStream};
 
 use super::{ApiError, ApiState};
 use crate::decode::TableName;
+use crate::object;
 
 const DEFAULT_LIMIT: i64 = 1000;
 const MAX_LIMIT: i64 = 10_000;
@@ -28,7 +29,7 @@ const NDJSON: &str = "application/x-ndjson";
 /// A page of changes after $1 (only of tables $2, when any), at most $3, each row with the
 /// oldest position retained as the page was read. Only the segments that can hold a position past
 /// $1 are read.
-const QUERY: &str = "SELECT f.position, f.body, t.xid::text, \
+const QUERY: &str = "SELECT f.position, f.table_name, f.body, t.xid::text, \
      to_char(t.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), t.context::text, \
      (SELECT min(first_position) FROM pubsubpull.feed_segment) \
      FROM pubsubpull.feed f JOIN pubsubpull.feed_transaction t ON t.segment = f.segment AND t.txn = f.txn \
@@ -227,7 +228,7 @@ pub(super) async fn pull(
     // Read with the page (or after an empty one): segments are dropped oldest first, so if what
     // follows `after` was retained then, the page missed nothing.
     let oldest: Option<i64> = match &first {
-        Some(row) => row.get(5),
+        Some(row) => row.get(6),
         None => state.feed.client().await?.query_one(OLDEST, &[]).await?.get(0),
     };
     if let (Some(after), Some(oldest)) = (pull.after, oldest) {
@@ -311,7 +312,8 @@ impl Page {
                         out.push(',');
                     }
                     self.next = row.get(0);
-                    encode_change(&mut out, self.next, row.get(1), row.get(2), row.get(3), row.get(4));
+                    let (table, body) = (row.get(1), row.get(2));
+                    encode_change(&mut out, self.next, table, body, row.get(3), row.get(4), row.get(5));
                     if self.ndjson {
                         out.push('\n');
                     }
@@ -339,21 +341,22 @@ impl Page {
     }
 }
 
-/// Appends `{"position":…` + the stored body less its opening brace + the transaction's fields.
+/// Appends `{"position":…` + the stored body's fields (see [`object::expand_stored`]) + the
+/// transaction's fields.
 pub(crate) fn encode_change(
     out: &mut String,
     position: i64,
+    table: &str,
     body: &str,
     xid: Option<&str>,
     committed_at: Option<&str>,
     context: Option<&str>,
 ) {
-    let body = body.strip_prefix('{').unwrap_or(body);
-    out.reserve(body.len() + 128 + context.map_or(0, str::len));
+    out.reserve(body.len() + table.len() + 160 + context.map_or(0, str::len));
     out.push_str("{\"position\":\"");
     out.push_str(&format_position(position));
     out.push_str("\",");
-    out.push_str(body);
+    object::expand_stored(out, table, body);
     out.push_str(",\"xid\":");
     out.push_str(xid.unwrap_or("null"));
     out.push_str(",\"committed_at\":");
@@ -450,6 +453,7 @@ mod tests {
         encode_change(
             &mut change,
             3,
+            "public.orders",
             "{\"lsn\":\"0/1\",\"op\":\"insert\"",
             Some("7"),
             Some("2026-01-01T00:00:00.000001Z"),
@@ -458,7 +462,8 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&change).unwrap();
         assert_eq!(
             value,
-            json!({"position": "0000000000000003", "lsn": "0/1", "op": "insert", "xid": 7,
+            json!({"position": "0000000000000003", "lsn": "0/1", "table": "public.orders", "op": "insert",
+                   "old": null, "unchanged": [], "xid": 7,
                    "committed_at": "2026-01-01T00:00:00.000001Z", "context": {"a": 1}})
         );
     }

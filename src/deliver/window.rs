@@ -38,9 +38,9 @@ impl Entry {
     /// A row of [`QUERY`].
     fn from_row(row: &Row) -> Entry {
         let position: i64 = row.get(0);
-        let body: &str = row.get(2);
+        let (table, body): (&str, &str) = (row.get(1), row.get(2));
         let mut json = String::new();
-        encode_change(&mut json, position, body, row.get(3), row.get(4), row.get(5));
+        encode_change(&mut json, position, table, body, row.get(3), row.get(4), row.get(5));
         Entry {
             position,
             table: row.get::<_, &str>(1).into(),
@@ -56,8 +56,8 @@ impl Entry {
     }
 }
 
-/// The operation bit of a stored body, `{"lsn":…,"table":…,"op":"insert",…`. Its first `"op":"`
-/// is the operation: the fields before it are an LSN and a JSON string, whose quotes are escaped.
+/// The operation bit of a stored body, `{"lsn":…,"op":"insert",…`. Its first `"op":"` is the
+/// operation: only the LSN comes before it.
 fn op_of(body: &str) -> u8 {
     const FIELD: &str = "\"op\":\"";
     body.find(FIELD)

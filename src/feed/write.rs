@@ -200,7 +200,7 @@ impl Sink for FeedWriter {
             self.last_txn
         });
         self.last_position += 1;
-        object::encode_change(&mut self.line, change);
+        object::encode_stored(&mut self.line, change);
         let table = change.table.to_string();
         self.rows.put_slice(format!("{}\t{}\t{txn}\t", self.segment, self.last_position).as_bytes());
         put_copy_text(&mut self.rows, table.as_bytes());
