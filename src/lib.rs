@@ -31,3 +31,15 @@ pub mod run;
 pub mod source;
 pub mod tail;
 pub mod tracking;
+
+/// `error` and its causes on one line, separated by `: `, as logs and statuses show them.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}

@@ -20,6 +20,7 @@ use crate::api::{self, ApiConfig, ApiState, Database};
 
 use crate::decode::Plugin;
 use crate::deliver::{self, DeliveryOptions};
+use crate::error_chain;
 use crate::feed::{self, FeedWriter};
 use crate::lsn::Lsn;
 use crate::metrics;
@@ -267,17 +268,6 @@ fn is_transient(error: &PipelineError) -> bool {
         | PipelineError::NoPublication(_)
         | PipelineError::SlotAhead { .. } => false,
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -96,24 +96,39 @@ async fn load(db: &TestDb, stop: Arc<AtomicBool>) -> u64 {
     transactions
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_feed_is_exact_after_twenty_kills() {
+/// A database with tables `a` and `b` tracked, the streamer's slot and a reference slot made before
+/// any change, and [`load`] writing until `stop` is set.
+struct Loaded {
+    db: Arc<TestDb>,
+    url: String,
+    slot: String,
+    reference_slot: String,
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<u64>,
+}
+
+fn start_load(name: &str) -> Loaded {
     let db = Arc::new(TestDb::new());
     let url = db.url();
     pubsubpull(&["migrate", "--database-url", &url]);
     db.sql("CREATE TABLE a (id bigint PRIMARY KEY, v text); CREATE TABLE b (id bigint PRIMARY KEY, v text)");
     pubsubpull(&["track", "--database-url", &url, "a", "b"]);
-    let slot = db.slot("feed");
-    let reference_slot = db.slot("reference");
+    let slot = db.slot(name);
+    let reference_slot = db.slot(&format!("{name}_reference"));
     for name in [&slot, &reference_slot] {
         db.sql(&format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')"));
     }
-
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn({
         let (db, stop) = (db.clone(), stop.clone());
         async move { load(&db, stop).await }
     });
+    Loaded { db, url, slot, reference_slot, stop, writer }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_exact_after_twenty_kills() {
+    let Loaded { db, url, slot, reference_slot, stop, writer } = start_load("feed");
     let mut checkpoints = std::collections::BTreeSet::new();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ u64::from(std::process::id());
     let checkpoint = || db.sql("SELECT coalesce(max(last_position), 0) FROM pubsubpull.feed_checkpoint");
@@ -253,21 +268,7 @@ fn the_slot_advances_while_tracked_tables_are_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_and_the_feed_stays_exact() {
-    let db = Arc::new(TestDb::new());
-    let url = db.url();
-    pubsubpull(&["migrate", "--database-url", &url]);
-    db.sql("CREATE TABLE a (id bigint PRIMARY KEY, v text); CREATE TABLE b (id bigint PRIMARY KEY, v text)");
-    pubsubpull(&["track", "--database-url", &url, "a", "b"]);
-    let slot = db.slot("ha");
-    let reference_slot = db.slot("ha_reference");
-    for name in [&slot, &reference_slot] {
-        db.sql(&format!("SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')"));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (db, stop) = (db.clone(), stop.clone());
-        async move { load(&db, stop).await }
-    });
+    let Loaded { db, url, slot, reference_slot, stop, writer } = start_load("ha");
     let active_pid =
         || db.sql(&format!("SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{slot}'"));
     let stored = || {

@@ -320,14 +320,12 @@ fn describe(error: &reqwest::Error, shared: &Shared) -> String {
     if error.is_timeout() {
         return format!("timed out after {:?}", shared.options.timeout);
     }
-    let mut text = if error.is_connect() { "cannot connect".to_owned() } else { "request failed".to_owned() };
-    let mut cause = std::error::Error::source(error);
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
+    let what = if error.is_connect() { "cannot connect" } else { "request failed" };
+    // The causes only: the error itself names the URL, which may hold a secret.
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{what}: {}", crate::error_chain(cause)),
+        None => what.to_owned(),
     }
-    text
 }
 
 #[cfg(test)]
