@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_postgres::types::ToSql;
 
-use super::feed::{format_position, parse_position, parse_table_name};
+use super::feed::{format_position, parse_table_name};
 use super::{ApiError, ApiState};
 use crate::decode::value::{decode_text, TypeKind, Value};
 use crate::decode::{Catalog, Row};
@@ -53,26 +53,21 @@ const LAST_POSITION: &str = "SELECT coalesce(max(last_position), 0) FROM pubsubp
 
 /// Where an iteration stands: the key of the last row given (as text), and the feed position
 /// to follow afterwards. Sent to the client as base64url JSON: opaque, and safe in a URL.
+#[derive(Serialize, Deserialize)]
 struct Cursor {
     key: Vec<String>,
     feed_after: i64,
 }
 
-#[derive(Serialize, Deserialize)]
-struct CursorText {
-    key: Vec<String>,
-    feed_after: String,
-}
-
 impl Cursor {
     fn encode(&self) -> String {
-        let text = CursorText { key: self.key.clone(), feed_after: format_position(self.feed_after) };
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&text).expect("cursors serialize"))
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).expect("cursors serialize"))
     }
 
     fn decode(text: &str) -> Option<Cursor> {
-        let text: CursorText = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(text).ok()?).ok()?;
-        Some(Cursor { key: text.key, feed_after: parse_position(&text.feed_after)? })
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(text).ok()?)
+            .ok()
+            .filter(|c: &Cursor| c.feed_after >= 0)
     }
 }
 
