@@ -5,6 +5,8 @@
 mod support;
 
 use std::collections::BTreeMap;
+
+use base64::Engine;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -565,6 +567,9 @@ async fn backfill_maps_values_and_refuses_bad_requests() {
         json!([{"Key": "a", "part": 1, "mood": null, "tags": null, "doc": null, "f": 1.5}])
     );
     let next = body["next"].as_str().unwrap();
+    // A cursor whose key does not fit the table's key types.
+    let forged =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"key":["a","x"],"feed_after":1}"#);
     let (status, body) = server.get(&format!("/tables/{odd}/rows?after={next}")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
@@ -581,6 +586,7 @@ async fn backfill_maps_values_and_refuses_bad_requests() {
         ("/tables/public.orders/rows?after=garbage", StatusCode::BAD_REQUEST),
         ("/tables/public.orders/rows?sort=id", StatusCode::BAD_REQUEST),
         (&format!("/tables/public.orders/rows?after={next}"), StatusCode::BAD_REQUEST),
+        (&format!("/tables/{odd}/rows?after={forged}"), StatusCode::BAD_REQUEST),
     ] {
         let (got, body) = server.get(query).await;
         assert_eq!(got, status, "{query}: {body}");

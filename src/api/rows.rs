@@ -129,7 +129,13 @@ pub(super) async fn rows(
         params.extend(after_key.iter().map(|value| value as &(dyn ToSql + Sync)));
     }
     params.push(&limit);
-    let found = source.query(&sql, &params).await?;
+    let found = source.query(&sql, &params).await.map_err(|error| {
+        // Class 22, data exception: a cursor whose key does not cast to the key's types.
+        match error.code().is_some_and(|code| code.code().starts_with("22")) {
+            true => ApiError::bad_request("after is not a cursor of this table", json!({ "table": table })),
+            false => ApiError::from(error),
+        }
+    })?;
 
     let mut rows = Vec::with_capacity(found.len());
     for row in &found {
