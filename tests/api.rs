@@ -5,11 +5,10 @@
 mod support;
 
 use std::collections::BTreeMap;
-
-use base64::Engine;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::server::{pubsubpull, Server};
