@@ -847,3 +847,53 @@ async fn requests_are_signed_as_standard_webhooks() {
     assert!(first.iter().all(|id| *id == first[0]), "retries keep their id: {ids:?}");
     assert_ne!(rest[0], first[0], "another batch, another id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_active_streamer_delivers_and_a_standby_takes_over() {
+    let (db, mut active) = start(&[FAST_RETRIES]).await;
+    let mut client = db.client().await;
+    for id in 0..30 {
+        transaction(&mut client, None, &format!("INSERT INTO orders VALUES ({id}, {id})")).await;
+    }
+    active.feed_of(30).await;
+    // A second streamer on the same slot: it waits as a standby (never ready, so not waited for).
+    let standby = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["run", "--database-url", &active.url, "--slot", &active.slot, "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "error")
+        .env(FAST_RETRIES.0, FAST_RETRIES.1)
+        .spawn()
+        .expect("start the standby");
+    let _standby = KilledOnDrop(standby);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A subscription with history to deliver slowly, a change at a time: a standby delivering too
+    // would pick it up (within its 2 s reload) and send what is left a second time.
+    let receiver = Receiver::start(Reply::Slow(Duration::from_millis(100))).await;
+    let definition =
+        json!({"url": receiver.url, "tables": ["public.orders"], "from": "beginning", "batch_size": 1});
+    let (status, body) = active.put("ha", definition).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    receiver.wait_for(30).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(receiver.changes().len(), 30, "delivered once: the standby does not deliver");
+    receiver.set(Reply::Ok);
+
+    active.child.kill().expect("SIGKILL the active streamer");
+    active.child.wait().unwrap();
+    for id in 30..60 {
+        transaction(&mut client, None, &format!("INSERT INTO orders VALUES ({id}, {id})")).await;
+    }
+    let delivered = receiver.wait_for(60).await;
+    let ids: Vec<i64> = delivered.iter().map(|c| c["key"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, (0..60).collect::<Vec<_>>(), "everything, in order, after the takeover");
+}
+
+/// A child process killed when the test ends, passed or failed.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
