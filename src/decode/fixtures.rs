@@ -72,6 +72,29 @@ pub fn decode_one(
     }
 }
 
+/// The captured messages of `plugin` (those under 4 KiB), each with one to three random edits:
+/// a byte replaced, inserted or removed.
+pub fn corrupted_messages(plugin: Plugin) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let messages: Vec<Vec<u8>> =
+        messages(plugin).into_iter().map(|(_, data)| data).filter(|d| d.len() < 4096).collect();
+    let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4);
+    (proptest::sample::select(messages), edits).prop_map(|(mut data, edits)| {
+        for (at, byte, how) in edits {
+            let at = at.index(data.len() + 1);
+            match how {
+                0 if at < data.len() => data[at] = byte,
+                1 => data.insert(at, byte),
+                _ if at < data.len() => {
+                    data.remove(at);
+                }
+                _ => data.push(byte),
+            }
+        }
+        data
+    })
+}
+
 /// The messages `plugin` sent for the workload: (XLogData start LSN, message bytes).
 pub fn messages(plugin: Plugin) -> Vec<(Lsn, Vec<u8>)> {
     let text = match plugin {

@@ -728,29 +728,6 @@ mod tests {
         }
     }
 
-    fn fixture_strategy() -> impl Strategy<Value = Vec<u8>> {
-        let messages: Vec<Vec<u8>> = fixtures::messages(Plugin::TestDecoding)
-            .into_iter()
-            .map(|(_, data)| data)
-            .filter(|d| d.len() < 4096)
-            .collect();
-        let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4);
-        (proptest::sample::select(messages), edits).prop_map(|(mut data, edits)| {
-            for (at, byte, how) in edits {
-                let at = at.index(data.len() + 1);
-                match how {
-                    0 if at < data.len() => data[at] = byte,
-                    1 => data.insert(at, byte),
-                    _ if at < data.len() => {
-                        data.remove(at);
-                    }
-                    _ => data.push(byte),
-                }
-            }
-            data
-        })
-    }
-
     proptest! {
         #![proptest_config(fixtures::proptest_config())]
 
@@ -765,7 +742,7 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_fixtures_never_panic(data in fixture_strategy()) {
+        fn corrupted_fixtures_never_panic(data in fixtures::corrupted_messages(Plugin::TestDecoding)) {
             let _ = decode_one(&data);
         }
     }
