@@ -27,6 +27,22 @@ async fn start_with(run_args: &[&str]) -> (TestDb, Server) {
 }
 
 impl Server {
+    /// A pull as NDJSON: 200, the NDJSON content type, one change per line, each ended.
+    async fn get_ndjson(&self, path_and_query: &str) -> Vec<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path_and_query}", self.base))
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let text = response.text().await.unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "every line ends with a newline");
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+
     async fn get(&self, path_and_query: &str) -> (StatusCode, Value) {
         let response = self.http.get(format!("{}{path_and_query}", self.base)).send().await.unwrap();
         let status = response.status();
@@ -147,19 +163,7 @@ async fn pull_pages_filters_and_streams_the_feed() {
     assert_eq!(body["changes"], json!([changes[3]]));
 
     // NDJSON: the same changes, one per line.
-    let response = server
-        .http
-        .get(format!("{}/feed", server.base))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
-    let text = response.text().await.unwrap();
-    let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
-    assert_eq!(lines, changes);
-    assert!(text.ends_with('\n'));
+    assert_eq!(server.get_ndjson("/feed").await, changes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,17 +384,7 @@ async fn a_page_bigger_than_a_chunk_streams_whole() {
     let (_, body) = server.get("/feed?limit=1500").await;
     assert_eq!(body["changes"].as_array().unwrap().len(), 1500);
     assert_eq!((&body["next"], &body["up_to_date"]), (&json!("00000000000005dc"), &json!(false)));
-    let text = server
-        .http
-        .get(format!("{}/feed?limit=10000&after=0000000000000064", server.base))
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let lines = server.get_ndjson("/feed?limit=10000&after=0000000000000064").await;
     assert_eq!(lines.len(), 1900);
     assert_eq!(lines[..], changes[100..]);
 }

@@ -26,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::middleware;
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex, Notify};
@@ -119,23 +120,11 @@ impl Database {
 /// paths get 404, both with the JSON error body.
 pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
-        .route("/feed", get(feed::pull).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }))
-        .route(
-            "/tables/{table}/rows",
-            get(rows::rows).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
-        )
-        .route(
-            "/healthz",
-            get(health::healthz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
-        )
-        .route(
-            "/readyz",
-            get(health::readyz).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
-        )
-        .route(
-            "/subscriptions",
-            get(subscriptions::list).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
-        )
+        .route("/feed", get_only(feed::pull))
+        .route("/tables/{table}/rows", get_only(rows::rows))
+        .route("/healthz", get_only(health::healthz))
+        .route("/readyz", get_only(health::readyz))
+        .route("/subscriptions", get_only(subscriptions::list))
         .route(
             "/subscriptions/{name}",
             get(subscriptions::show)
@@ -143,14 +132,20 @@ pub fn router(state: ApiState) -> Router {
                 .delete(subscriptions::delete)
                 .fallback(|| async { ApiError::MethodNotAllowed { allow: "GET, PUT, DELETE" } }),
         )
-        .route(
-            "/metrics",
-            get(metrics::scrape).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } }),
-        )
+        .route("/metrics", get_only(metrics::scrape))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound { detail: serde_json::json!({ "path": uri.path() }) }
         });
     guard(routes, &state).with_state(state)
+}
+
+/// A route that answers GET only (405 with `Allow: GET` to anything else).
+fn get_only<H, T>(handler: H) -> MethodRouter<ApiState>
+where
+    H: Handler<T, ApiState>,
+    T: 'static,
+{
+    get(handler).fallback(|| async { ApiError::MethodNotAllowed { allow: "GET" } })
 }
 
 /// The layers in front of every route, outermost first: request metrics (which see every

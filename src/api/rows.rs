@@ -27,6 +27,7 @@ use super::{ApiError, ApiState};
 use crate::decode::value::{decode_text, TypeKind, Value};
 use crate::decode::{Catalog, Row};
 use crate::source::catalog::load_catalog;
+use crate::source::connection::quote_identifier;
 
 const DEFAULT_LIMIT: i64 = 1000;
 const MAX_LIMIT: i64 = 10_000;
@@ -238,9 +239,4 @@ fn select_page(schema: &str, name: &str, columns: &[Column], key: &[usize], afte
     };
     let limit = if after { key.len() + 1 } else { 1 };
     format!("SELECT {select} FROM {table} AS r {filter} ORDER BY {order} LIMIT ${limit}")
-}
-
-/// `name` as a double-quoted SQL identifier.
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -102,7 +102,7 @@ async fn deliver_all(subscription: &Subscription, shared: &Shared) -> End {
         if batch.changes.is_empty() {
             cursor = batch.scanned_to;
             if cursor > stored && stored_at.elapsed() >= PASS_OVER_INTERVAL {
-                match passed_over(shared, subscription, cursor).await {
+                match store_cursor(shared, subscription, cursor, false).await {
                     Some(false) => return End::Gone,
                     Some(true) => stored = cursor,
                     None => {}
@@ -123,7 +123,7 @@ async fn deliver_all(subscription: &Subscription, shared: &Shared) -> End {
         }
         cursor = batch.scanned_to;
         acknowledged_metrics(subscription, &batch, end.saturating_sub(cursor));
-        match acknowledged(shared, subscription, cursor).await {
+        match store_cursor(shared, subscription, cursor, true).await {
             Some(false) => return End::Gone,
             Some(true) => stored = cursor,
             // Delivered all the same: the cursor is stored with the next batch (or the batch is
@@ -174,28 +174,24 @@ async fn read(
     Ok(window::read_batch(&client, subscription, cursor, head, MAX_BATCH_BYTES).await?)
 }
 
-/// Stores the cursor of an acknowledged batch: Some(false) when the subscription is gone, None
-/// when the database failed.
-async fn acknowledged(shared: &Shared, subscription: &Subscription, cursor: i64) -> Option<bool> {
+/// Stores the cursor: of a batch `acknowledged`, else of changes passed over (none was for the
+/// subscription). Some(false) when the subscription is gone, None when the database failed.
+async fn store_cursor(
+    shared: &Shared,
+    subscription: &Subscription,
+    cursor: i64,
+    acknowledged: bool,
+) -> Option<bool> {
     let client = shared.feed.client().await.ok()?;
-    match subscription.acknowledged(&client, cursor).await {
-        Ok(current) => Some(current),
-        Err(error) => {
+    let stored = match acknowledged {
+        true => subscription.acknowledged(&client, cursor).await,
+        false => subscription.passed_over(&client, cursor).await,
+    };
+    stored
+        .inspect_err(|error| {
             tracing::warn!(subscription = %subscription.name, error = %error, "cannot store the cursor");
-            None
-        }
-    }
-}
-
-async fn passed_over(shared: &Shared, subscription: &Subscription, cursor: i64) -> Option<bool> {
-    let client = shared.feed.client().await.ok()?;
-    match subscription.passed_over(&client, cursor).await {
-        Ok(current) => Some(current),
-        Err(error) => {
-            tracing::warn!(subscription = %subscription.name, error = %error, "cannot store the cursor");
-            None
-        }
-    }
+        })
+        .ok()
 }
 
 /// `PUT`s `batch` until it is acknowledged; an error when the worker must end instead.

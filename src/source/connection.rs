@@ -210,8 +210,8 @@ impl ReplicationConnection {
     }
 }
 
-/// A double-quoted identifier for a replication command (`"` doubled).
-fn quote_identifier(name: &str) -> String {
+/// A double-quoted identifier, for a replication command or SQL (`"` doubled).
+pub(crate) fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
