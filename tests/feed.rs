@@ -161,9 +161,16 @@ async fn the_feed_is_exact_after_twenty_kills() {
         "127.0.0.1:0",
     ]);
 
-    let stored = feed(&url);
-    let expected = reference(&url, &reference_slot, &endpos);
     assert!(transactions > 50, "the load ran ({transactions} transactions)");
+    assert_feed_is_exact(&url, &reference_slot, &endpos, "the kills");
+}
+
+/// The feed equals what an uninterrupted `tail` of `reference_slot` reads up to `endpos`: no gap,
+/// no duplicate, commit order, every context right; at least 100 changes made `across` something.
+fn assert_feed_is_exact(url: &str, reference_slot: &str, endpos: &str, across: &str) {
+    let stored = feed(url);
+    let expected = reference(url, reference_slot, endpos);
+    assert!(expected.len() > 100, "the load ran across {across} ({} changes)", expected.len());
     assert_eq!(stored.len(), expected.len(), "as many changes in the feed as committed");
     for (index, (stored, expected)) in stored.iter().zip(&expected).enumerate() {
         assert_eq!(stored, expected, "change {index}");
@@ -228,11 +235,7 @@ async fn the_feed_is_exact_across_database_restarts() {
     streamer.kill().unwrap();
     streamer.wait().unwrap();
 
-    let stored = feed(&url);
-    let expected = reference(&url, "reference", &endpos);
-    assert!(expected.len() > 100, "the load ran across the restarts ({} changes)", expected.len());
-    assert_eq!(stored.len(), expected.len(), "no gap, no duplicate");
-    assert!(stored == expected, "the feed equals the committed changes, in commit order");
+    assert_feed_is_exact(&url, "reference", &endpos, "the restarts");
 }
 
 #[test]
@@ -310,11 +313,7 @@ async fn a_standby_takes_over_and_the_feed_stays_exact() {
     active.kill().unwrap();
     active.wait().unwrap();
 
-    let stored = feed(&url);
-    let expected = reference(&url, &reference_slot, &endpos);
-    assert!(expected.len() > 100, "the load ran across the takeovers ({} changes)", expected.len());
-    assert_eq!(stored.len(), expected.len(), "no gap, no duplicate");
-    assert!(stored == expected, "the feed equals the committed changes, in commit order");
+    assert_feed_is_exact(&url, &reference_slot, &endpos, "the takeovers");
 }
 
 #[test]
