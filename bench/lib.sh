@@ -14,6 +14,11 @@ cleanup() {
     [ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
+# PostgreSQL 15.19 and later decode only with the output plugins that output_plugin_libraries lists.
+plugins_allowed=
+if "$bindir/postgres" --describe-config | grep -q '^output_plugin_libraries'; then
+    plugins_allowed="-c output_plugin_libraries=pgoutput,test_decoding,wal2json"
+fi
 psql() { command psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }
 
 # Builds the release binary and starts the cluster with database `bench` and table `items`.
@@ -24,7 +29,7 @@ start_bench_cluster() {
     as_pg "$bindir/initdb" -D "$work/data" -A trust -U postgres --no-sync >/dev/null
     as_pg "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w -o "-p $port -k $work \
       -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64 \
-      -c shared_buffers=512MB -c max_wal_size=8GB -c checkpoint_timeout=1h -c synchronous_commit=off" start >/dev/null
+      -c shared_buffers=512MB -c max_wal_size=8GB -c checkpoint_timeout=1h -c synchronous_commit=off $plugins_allowed" start >/dev/null
     psql -d postgres -c "CREATE DATABASE bench"
     psql -d bench <<'SQL'
 CREATE TABLE items (id bigint PRIMARY KEY, name text, amount numeric(12, 2), tags text[], payload jsonb, at timestamptz);

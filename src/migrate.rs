@@ -27,6 +27,11 @@ pub const SOURCE: &[Migration] = &[
         name: "0002_lean_context.sql",
         sql: include_str!("../migrations/source/0002_lean_context.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_native_context_trigger.sql",
+        sql: include_str!("../migrations/source/0003_native_context_trigger.sql"),
+    },
 ];
 
 /// The feed database's migrations (`migrations/feed/`), in order.
@@ -57,13 +62,74 @@ pub enum MigrateError {
 /// Applies the migrations of `set` (named `target` in the record) that `client`'s database lacks;
 /// returns the versions applied.
 pub async fn migrate(client: &mut Client, target: &str, set: &[Migration]) -> Result<Vec<i32>, MigrateError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await.map_err(MigrateError::Prepare)?;
+    lock(client).await?;
     let result = apply_missing(client, target, set).await;
-    // The lock is the session's: released here, or when the connection closes if this fails.
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
-    let applied = result?;
-    unlock.map_err(MigrateError::Prepare)?;
-    Ok(applied)
+    unlock(client, result).await
+}
+
+/// The function behind the audit-context trigger of tracked tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextTrigger {
+    /// `pubsubpull.capture_context_native()`, of the `pubsubpull_context` extension (`extension/`).
+    Native,
+    /// `pubsubpull.capture_context()`: the same rows, at several times the cost to writers.
+    PlPgSql,
+}
+
+/// Creates the `pubsubpull_context` extension (the context trigger in C) when the server has it
+/// installed and it is not created yet, then gives every tracked table the trigger that
+/// `pubsubpull.context_trigger()` names. Without the extension (not installed, or this role may not
+/// create it: a warning says so) the PL/pgSQL trigger serves. After the source migrations.
+pub async fn context_trigger(client: &mut Client) -> Result<ContextTrigger, MigrateError> {
+    lock(client).await?;
+    let result = choose_context_trigger(client).await;
+    unlock(client, result).await
+}
+
+async fn choose_context_trigger(client: &Client) -> Result<ContextTrigger, MigrateError> {
+    let extension = client
+        .query_opt(
+            "SELECT installed_version IS NOT NULL FROM pg_available_extensions WHERE name = 'pubsubpull_context'",
+            &[],
+        )
+        .await
+        .map_err(MigrateError::Prepare)?;
+    if extension.is_some_and(|row| !row.get::<_, bool>(0)) {
+        match client.batch_execute("CREATE EXTENSION pubsubpull_context").await {
+            Ok(()) => tracing::info!("created the pubsubpull_context extension: the context trigger in C"),
+            Err(error) => tracing::warn!(
+                error = %crate::error_chain(&error),
+                "cannot create the pubsubpull_context extension, so tracked tables keep the PL/pgSQL context \
+                 trigger; a superuser or the database owner can: CREATE EXTENSION pubsubpull_context"
+            ),
+        }
+    }
+    let row = client
+        .query_one(
+            "SELECT pubsubpull.refresh_context_triggers(),
+                    to_regprocedure('pubsubpull.capture_context_native()') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(MigrateError::Prepare)?;
+    let (refreshed, native): (i32, bool) = (row.get(0), row.get(1));
+    let trigger = if native { ContextTrigger::Native } else { ContextTrigger::PlPgSql };
+    tracing::info!(?trigger, tables_changed = refreshed, "context trigger");
+    Ok(trigger)
+}
+
+/// Serializes concurrent migrations: the lock is the session's, released by [`unlock`] or when the
+/// connection closes.
+async fn lock(client: &Client) -> Result<(), MigrateError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await.map_err(MigrateError::Prepare)?;
+    Ok(())
+}
+
+async fn unlock<T>(client: &Client, result: Result<T, MigrateError>) -> Result<T, MigrateError> {
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    let value = result?;
+    unlocked.map_err(MigrateError::Prepare)?;
+    Ok(value)
 }
 
 async fn apply_missing(

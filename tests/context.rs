@@ -79,16 +79,57 @@ async fn session(db: &TestDb, number: i32, role: &str) {
     client.batch_execute("COMMIT").await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_change_carries_its_own_transactions_context() {
+/// The two functions a tracked table's trigger can run: the C one of the `pubsubpull_context`
+/// extension, which `pubsubpull migrate` creates (scripts/test installs it), and the PL/pgSQL one
+/// that serves without it.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    C,
+    PlPgSql,
+}
+
+/// A migrated database whose tracked tables will get `trigger`.
+fn migrated(trigger: Trigger) -> TestDb {
     let db = TestDb::new();
     pubsubpull(&["migrate", "--database-url", &db.url()]);
+    let native = db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pubsubpull_context'");
+    assert_eq!(native, "1", "pubsubpull migrate creates the pubsubpull_context extension when installed");
+    if let Trigger::PlPgSql = trigger {
+        db.sql("DROP EXTENSION pubsubpull_context");
+    }
+    db
+}
+
+fn assert_trigger(db: &TestDb, table: &str, trigger: Trigger) {
+    let function = db.sql(&format!(
+        "SELECT tgfoid::regprocedure FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND tgname = 'pubsubpull_context'"
+    ));
+    let expected = match trigger {
+        Trigger::C => "pubsubpull.capture_context_native()",
+        Trigger::PlPgSql => "pubsubpull.capture_context()",
+    };
+    assert_eq!(function, expected, "the trigger of {table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_change_carries_its_own_transactions_context_with_the_c_trigger() {
+    every_change_carries_its_own_transactions_context(Trigger::C).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_change_carries_its_own_transactions_context_with_the_plpgsql_trigger() {
+    every_change_carries_its_own_transactions_context(Trigger::PlPgSql).await;
+}
+
+async fn every_change_carries_its_own_transactions_context(trigger: Trigger) {
+    let db = migrated(trigger);
     let role = format!("{}_web", db.name);
     db.sql(&format!("CREATE ROLE {role}"));
     db.sql("CREATE TABLE orders (id serial PRIMARY KEY, session int, txn int, note text)");
     db.sql("CREATE TABLE untracked (id serial PRIMARY KEY)");
     db.sql(&format!("GRANT ALL ON orders, untracked, orders_id_seq, untracked_id_seq TO {role}"));
     pubsubpull(&["track", "--database-url", &db.url(), "orders"]);
+    assert_trigger(&db, "orders", trigger);
     for plugin in ["pgoutput", "wal2json", "test_decoding"] {
         db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', '{plugin}')", db.slot(plugin)));
     }
@@ -129,6 +170,81 @@ async fn every_change_carries_its_own_transactions_context() {
         "0",
         "a context without changes leaves no row"
     );
+}
+
+/// Savepoints inside savepoints, and PL/pgSQL exception blocks (subtransactions too): a context
+/// row written in one that is undone goes with it, and the next change writes it again.
+#[test]
+fn undone_subtransactions_take_their_context_row_with_them() {
+    for trigger in [Trigger::C, Trigger::PlPgSql] {
+        let db = migrated(trigger);
+        db.sql("CREATE TABLE notes (id serial PRIMARY KEY, note text)");
+        pubsubpull(&["track", "--database-url", &db.url(), "notes"]);
+        assert_trigger(&db, "notes", trigger);
+        let slot = db.slot("notes");
+        db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+        db.sql(
+            "BEGIN; SELECT pubsubpull.set_context('{\"case\": \"nested\"}'); \
+             SAVEPOINT a; SAVEPOINT b; INSERT INTO notes (note) VALUES ('undone'); RELEASE b; ROLLBACK TO a; \
+             INSERT INTO notes (note) VALUES ('nested'); COMMIT; \
+             BEGIN; SELECT pubsubpull.set_context('{\"case\": \"exception\"}'); \
+             DO $$ BEGIN INSERT INTO notes (note) VALUES ('undone'); RAISE EXCEPTION 'undo'; \
+                    EXCEPTION WHEN raise_exception THEN NULL; END $$; \
+             INSERT INTO notes (note) VALUES ('exception'); COMMIT; \
+             BEGIN; SAVEPOINT a; INSERT INTO notes (note) VALUES ('released'); RELEASE a; \
+             INSERT INTO notes (note) VALUES ('after release'); COMMIT;",
+        );
+        let output = pubsubpull(&[
+            "tail",
+            "--database-url",
+            &db.url(),
+            "--slot",
+            &slot,
+            "--endpos",
+            &db.current_lsn(),
+        ]);
+        let changes: Vec<Value> = String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let seen: Vec<(&Value, &Value)> =
+            changes.iter().map(|c| (&c["new"]["note"], &c["context"]["app"])).collect();
+        assert_eq!(
+            seen,
+            [
+                (&json!("nested"), &json!({"case": "nested"})),
+                (&json!("exception"), &json!({"case": "exception"})),
+                (&json!("released"), &Value::Null),
+                (&json!("after release"), &Value::Null),
+            ],
+            "{trigger:?}"
+        );
+        for change in &changes {
+            assert_eq!(change["context"]["db_user"], "postgres", "{trigger:?}: {change}");
+        }
+        assert_eq!(
+            db.sql("SELECT count(*) FROM pubsubpull.context"),
+            "3",
+            "{trigger:?}: one row per transaction"
+        );
+    }
+}
+
+/// `pubsubpull migrate` moves tables tracked before the extension was created to the C trigger,
+/// and gives back their trigger to tables whose trigger went with a dropped extension.
+#[test]
+fn migrate_moves_tracked_tables_to_the_c_trigger() {
+    let db = migrated(Trigger::PlPgSql);
+    db.sql("CREATE TABLE early (id int PRIMARY KEY)");
+    pubsubpull(&["track", "--database-url", &db.url(), "early"]);
+    assert_trigger(&db, "early", Trigger::PlPgSql);
+    pubsubpull(&["migrate", "--database-url", &db.url()]);
+    assert_trigger(&db, "early", Trigger::C);
+    db.sql("DROP EXTENSION pubsubpull_context CASCADE");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'early'::regclass"), "0");
+    pubsubpull(&["migrate", "--database-url", &db.url()]);
+    assert_trigger(&db, "early", Trigger::C);
 }
 
 /// A transaction too big for memory whose context is set after its last change: every change

@@ -13,7 +13,7 @@ use pubsubpull::source::{
 };
 use support::cluster::TempCluster;
 use support::replication::{create_test_decoding_slot, read_transaction};
-use support::TestDb;
+use support::{output_plugins_setting, TestDb};
 
 /// A key=value connection string as `scram_user`, its password quoted (it holds a space).
 fn scram_info(db: &TestDb, extra: &str) -> ConnInfo {
@@ -162,23 +162,53 @@ async fn a_slot_of_another_plugin_or_database_is_refused_with_the_fix() {
 
 #[tokio::test]
 async fn a_missing_plugin_names_the_package_and_leaves_the_connection_usable() {
-    let db = TestDb::new();
-    let info = scram_info(&db, "");
+    // PostgreSQL 15.19 and later refuse a plugin that output_plugin_libraries does not list before
+    // looking for its library: this one is listed, and missing.
+    let allow = if output_plugins_setting().is_empty() {
+        ""
+    } else {
+        "output_plugin_libraries = 'pgoutput, wal2json_missing'"
+    };
+    let cluster = TempCluster::start(&format!("wal_level = logical\n{allow}"), &[]);
+    let info = ConnInfo::parse(&cluster.url("postgres")).unwrap();
     let sql = info.connect_sql().await.expect("SQL connection");
     let mut repl = ReplicationConnection::connect(&info).await.expect("connect");
-    let slot = db.slot("noplugin");
-    let error =
-        ensure_slot(&sql, &mut repl, &slot, "wal2json_missing", false).await.expect_err("missing plugin");
+    let error = ensure_slot(&sql, &mut repl, "noplugin", "wal2json_missing", false)
+        .await
+        .expect_err("missing plugin");
     assert!(
         matches!(&error, SourceError::PluginMissing { plugin, .. } if plugin == "wal2json_missing"),
         "{error:?}"
     );
-    let major = db.sql("SELECT current_setting('server_version_num')::int / 10000");
-    let fix = format!("apt-get install postgresql-{major}-wal2json");
-    assert!(error.to_string().contains(&fix), "{error}");
+    assert!(error.to_string().contains("apt-get install postgresql-15-wal2json"), "{error}");
     assert!(!error.is_transient());
-    assert_eq!(db.sql(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'")), "0");
-    assert_eq!(repl.identify_system().await.expect("still usable").dbname, db.name);
+    let slots = sql.query_one("SELECT count(*) FROM pg_replication_slots", &[]).await.unwrap();
+    assert_eq!(slots.get::<_, i64>(0), 0);
+    assert_eq!(repl.identify_system().await.expect("still usable").dbname, "postgres");
+}
+
+/// PostgreSQL 15.19 and later: a plugin that output_plugin_libraries does not list is refused,
+/// and the error says how to allow it. An earlier server has no such list and decodes with it.
+#[tokio::test]
+async fn a_plugin_the_server_does_not_allow_says_how_to_allow_it() {
+    let listed = !output_plugins_setting().is_empty();
+    let allow = if listed { "output_plugin_libraries = 'pgoutput, test_decoding'" } else { "" };
+    let cluster = TempCluster::start(&format!("wal_level = logical\n{allow}"), &[]);
+    let info = ConnInfo::parse(&cluster.url("postgres")).unwrap();
+    let sql = info.connect_sql().await.expect("SQL connection");
+    let mut repl = ReplicationConnection::connect(&info).await.expect("connect");
+    if !listed {
+        ensure_slot(&sql, &mut repl, "allowed", "wal2json", false).await.expect("no list to refuse it");
+        return;
+    }
+    let error = ensure_slot(&sql, &mut repl, "refused", "wal2json", false).await.expect_err("not allowed");
+    assert!(
+        matches!(&error, SourceError::PluginNotAllowed { plugin, .. } if plugin == "wal2json"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("output_plugin_libraries = 'pgoutput, test_decoding, wal2json'"), "{text}");
+    assert!(!error.is_transient());
 }
 
 #[tokio::test]

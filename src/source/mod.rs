@@ -148,6 +148,17 @@ pub enum SourceError {
         source: Box<ServerError>,
     },
     #[error(
+        "output plugin {plugin} is not allowed on this server: since its 2026 security releases (15.19 and \
+         later), PostgreSQL lets only the plugins of output_plugin_libraries decode (pgoutput and test_decoding by \
+         default). Add it (ALTER SYSTEM SET output_plugin_libraries = 'pgoutput, test_decoding, {plugin}', \
+         then SELECT pg_reload_conf(), as a superuser) or use --plugin pgoutput"
+    )]
+    PluginNotAllowed {
+        plugin: String,
+        #[source]
+        source: Box<ServerError>,
+    },
+    #[error(
         "replication slot {slot:?} was created with plugin {existing}, not {wanted}: drop it with \
          SELECT pg_drop_replication_slot('{slot}') or use another --slot"
     )]
@@ -197,9 +208,13 @@ impl SourceError {
     pub(crate) fn from_server(error: ServerError, context: &ErrorContext) -> SourceError {
         let error = Box::new(error);
         let slot = || context.slot.clone().or_else(|| first_quoted(&error.message)).unwrap_or_default();
+        let plugin = || context.plugin.clone().or_else(|| first_quoted(&error.message)).unwrap_or_default();
         match error.code.as_str() {
             "28P01" => SourceError::PasswordFailed { user: context.user.clone(), source: error },
             "28000" => SourceError::Rejected { user: context.user.clone(), source: error },
+            "42501" if error.message.contains("may not be used as an output plugin") => {
+                SourceError::PluginNotAllowed { plugin: plugin(), source: error }
+            }
             "42501" if error.message.contains("replication") => {
                 SourceError::NoReplicationPrivilege { user: context.user.clone(), source: error }
             }
@@ -208,7 +223,7 @@ impl SourceError {
             "42704" if context.slot.is_some() => SourceError::SlotMissing { slot: slot(), source: error },
             "42710" if context.slot.is_some() => SourceError::SlotExists { slot: slot(), source: error },
             "58P01" => SourceError::PluginMissing {
-                plugin: context.plugin.clone().or_else(|| first_quoted(&error.message)).unwrap_or_default(),
+                plugin: plugin(),
                 server_major: context.server_major,
                 source: error,
             },

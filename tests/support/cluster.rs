@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{as_postgres, is_root, run};
+use super::{as_postgres, is_root, output_plugins_setting, run};
 
 pub struct TempCluster {
     dir: tempfile::TempDir,
@@ -37,9 +37,10 @@ impl TempCluster {
         }
         let mut settings = fs::read_to_string(data.join("postgresql.conf")).expect("read postgresql.conf");
         settings.push_str(&format!(
-            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n{conf}\n",
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n{}{conf}\n",
             cluster.port,
-            cluster.dir.path().display()
+            cluster.dir.path().display(),
+            output_plugins_setting()
         ));
         fs::write(data.join("postgresql.conf"), settings).expect("write postgresql.conf");
         run(as_postgres("pg_ctl")

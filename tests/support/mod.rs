@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 /// TCP port of the test cluster: `PUBSUBPULL_TEST_PGPORT`, else one derived from the checkout's
@@ -84,6 +84,27 @@ pub fn bindir() -> PathBuf {
 }
 
 /// Runs a server binary as the `postgres` OS user (as is when we are not root).
+/// The `postgresql.conf` line that lets every plugin the tests use decode: PostgreSQL 15.19 and
+/// later allow only the output plugins `output_plugin_libraries` lists (pgoutput and test_decoding by
+/// default). Empty for an earlier server, which would refuse the unknown setting.
+pub fn output_plugins_setting() -> &'static str {
+    static SETTING: LazyLock<&'static str> = LazyLock::new(|| {
+        let output = Command::new(bindir().join("postgres"))
+            .arg("--describe-config")
+            .output()
+            .expect("postgres --describe-config");
+        let known = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .any(|line| line.starts_with("output_plugin_libraries\t"));
+        if known {
+            "output_plugin_libraries = 'pgoutput, test_decoding, wal2json'\n"
+        } else {
+            ""
+        }
+    });
+    *SETTING
+}
+
 pub fn as_postgres(program: &str) -> Command {
     let path = bindir().join(program);
     if is_root() {
@@ -160,9 +181,10 @@ fn create_cluster() {
         "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
          wal_level = logical\nmax_wal_senders = 100\nmax_replication_slots = 100\nmax_connections = 300\n\
          ssl = on\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
-         log_min_messages = warning\nlog_line_prefix = '%m [%p] %d %u '\n",
+         log_min_messages = warning\nlog_line_prefix = '%m [%p] %d %u '\n{plugins}",
         port = port(),
-        dir = dir.display()
+        dir = dir.display(),
+        plugins = output_plugins_setting()
     );
     let mut existing = fs::read_to_string(data_dir().join("postgresql.conf")).expect("read postgresql.conf");
     existing.push_str(&conf);
