@@ -407,9 +407,11 @@ fn compose_runs_postgres_with_logical_wal_pubsubpull_prometheus_and_grafana() {
     let command: Vec<&str> =
         postgres["command"].as_sequence().unwrap().iter().filter_map(|arg| arg.as_str()).collect();
     assert!(command.windows(2).any(|w| w == ["-c", "wal_level=logical"]), "{command:?}");
-    assert_eq!(str_of(postgres, &["build", "dockerfile"]), Some("postgres.Dockerfile"));
+    assert_eq!(str_of(postgres, &["build", "context"]), Some(".."), "the image builds extension/");
+    assert_eq!(str_of(postgres, &["build", "dockerfile"]), Some("deploy/postgres.Dockerfile"));
     let postgres_image = read("deploy/postgres.Dockerfile");
     assert!(postgres_image.contains("FROM postgres:15") && postgres_image.contains("postgresql-15-wal2json"));
+    assert!(postgres_image.contains("COPY extension ") && postgres_image.contains("make -C /extension"));
 
     let pubsubpull = &services["pubsubpull"];
     assert_eq!(pubsubpull["command"][0].as_str(), Some("run"));
