@@ -231,6 +231,30 @@ fn undone_subtransactions_take_their_context_row_with_them() {
     }
 }
 
+/// The context row is inserted as an INSERT would be: a trigger of the operator's own on
+/// `pubsubpull.context` sees it.
+#[test]
+fn triggers_on_the_context_table_see_its_rows() {
+    for trigger in [Trigger::C, Trigger::PlPgSql] {
+        let db = migrated(trigger);
+        db.sql(
+            "CREATE TABLE audit_log (xid xid8, db_user text);
+             CREATE FUNCTION log_context() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO audit_log VALUES (NEW.xid, NEW.db_user); RETURN NULL; END $$;
+             CREATE TRIGGER log_context AFTER INSERT ON pubsubpull.context FOR EACH ROW EXECUTE FUNCTION log_context();
+             CREATE TABLE t (id int PRIMARY KEY)",
+        );
+        pubsubpull(&["track", "--database-url", &db.url(), "t"]);
+        assert_trigger(&db, "t", trigger);
+        let xid = db.sql("BEGIN; INSERT INTO t VALUES (1); SELECT pg_current_xact_id(); COMMIT");
+        assert_eq!(
+            db.sql("SELECT xid || ' ' || db_user FROM audit_log"),
+            format!("{xid} postgres"),
+            "{trigger:?}"
+        );
+    }
+}
+
 /// `pubsubpull migrate` moves tables tracked before the extension was created to the C trigger,
 /// and gives back their trigger to tables whose trigger went with a dropped extension.
 #[test]
