@@ -83,7 +83,6 @@ pub fn bindir() -> PathBuf {
     }
 }
 
-/// Runs a server binary as the `postgres` OS user (as is when we are not root).
 /// The `postgresql.conf` line that lets every plugin the tests use decode: PostgreSQL 15.19 and
 /// later allow only the output plugins `output_plugin_libraries` lists (pgoutput and test_decoding by
 /// default). Empty for an earlier server, which would refuse the unknown setting.
@@ -105,6 +104,7 @@ pub fn output_plugins_setting() -> &'static str {
     *SETTING
 }
 
+/// Runs a server binary as the `postgres` OS user (as is when we are not root).
 pub fn as_postgres(program: &str) -> Command {
     let path = bindir().join(program);
     if is_root() {
