@@ -181,8 +181,7 @@ fn undone_subtransactions_take_their_context_row_with_them() {
         db.sql("CREATE TABLE notes (id serial PRIMARY KEY, note text)");
         pubsubpull(&["track", "--database-url", &db.url(), "notes"]);
         assert_trigger(&db, "notes", trigger);
-        let slot = db.slot("notes");
-        db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+        db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", db.slot("pgoutput")));
         db.sql(
             "BEGIN; SELECT pubsubpull.set_context('{\"case\": \"nested\"}'); \
              SAVEPOINT a; SAVEPOINT b; INSERT INTO notes (note) VALUES ('undone'); RELEASE b; ROLLBACK TO a; \
@@ -194,20 +193,7 @@ fn undone_subtransactions_take_their_context_row_with_them() {
              BEGIN; SAVEPOINT a; INSERT INTO notes (note) VALUES ('released'); RELEASE a; \
              INSERT INTO notes (note) VALUES ('after release'); COMMIT;",
         );
-        let output = pubsubpull(&[
-            "tail",
-            "--database-url",
-            &db.url(),
-            "--slot",
-            &slot,
-            "--endpos",
-            &db.current_lsn(),
-        ]);
-        let changes: Vec<Value> = String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let changes = tail(&db, "pgoutput", &db.current_lsn());
         let seen: Vec<(&Value, &Value)> =
             changes.iter().map(|c| (&c["new"]["note"], &c["context"]["app"])).collect();
         assert_eq!(
