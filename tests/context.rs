@@ -242,7 +242,8 @@ fn triggers_on_the_context_table_see_its_rows() {
 }
 
 /// `pubsubpull migrate` moves tables tracked before the extension was created to the C trigger,
-/// and gives back their trigger to tables whose trigger went with a dropped extension.
+/// and gives back their trigger to tables whose trigger went with a dropped extension (and to no
+/// table that is gone).
 #[test]
 fn migrate_moves_tracked_tables_to_the_c_trigger() {
     let db = migrated(Trigger::PlPgSql);
@@ -253,6 +254,10 @@ fn migrate_moves_tracked_tables_to_the_c_trigger() {
     assert_trigger(&db, "early", Trigger::C);
     db.sql("DROP EXTENSION pubsubpull_context CASCADE");
     assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'early'::regclass"), "0");
+    // A tracked table dropped meanwhile is left alone.
+    db.sql("CREATE TABLE dropped (id int PRIMARY KEY)");
+    pubsubpull(&["track", "--database-url", &db.url(), "dropped"]);
+    db.sql("DROP TABLE dropped");
     pubsubpull(&["migrate", "--database-url", &db.url()]);
     assert_trigger(&db, "early", Trigger::C);
 }

@@ -80,6 +80,7 @@ DECLARE
 BEGIN
     FOR target IN
         SELECT t.relid::regclass FROM pubsubpull.tracked t
+          JOIN pg_class c ON c.oid = t.relid  -- a tracked table dropped since has nothing to fix
           LEFT JOIN pg_trigger tg ON tg.tgrelid = t.relid AND tg.tgname = 'pubsubpull_context'
          WHERE t.untracked_lsn IS NULL AND tg.tgfoid IS DISTINCT FROM pubsubpull.context_trigger()
     LOOP
