@@ -67,26 +67,17 @@ pub async fn migrate(client: &mut Client, target: &str, set: &[Migration]) -> Re
     unlock(client, result).await
 }
 
-/// The function behind the audit-context trigger of tracked tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContextTrigger {
-    /// `pubsubpull.capture_context_native()`, of the `pubsubpull_context` extension (`extension/`).
-    Native,
-    /// `pubsubpull.capture_context()`: the same rows, at several times the cost to writers.
-    PlPgSql,
-}
-
 /// Creates the `pubsubpull_context` extension (the context trigger in C) when the server has it
 /// installed and it is not created yet, then gives every tracked table the trigger that
 /// `pubsubpull.context_trigger()` names. Without the extension (not installed, or this role may not
 /// create it: a warning says so) the PL/pgSQL trigger serves. After the source migrations.
-pub async fn context_trigger(client: &mut Client) -> Result<ContextTrigger, MigrateError> {
+pub async fn context_trigger(client: &mut Client) -> Result<(), MigrateError> {
     lock(client).await?;
     let result = choose_context_trigger(client).await;
     unlock(client, result).await
 }
 
-async fn choose_context_trigger(client: &Client) -> Result<ContextTrigger, MigrateError> {
+async fn choose_context_trigger(client: &Client) -> Result<(), MigrateError> {
     let extension = client
         .query_opt(
             "SELECT installed_version IS NOT NULL FROM pg_available_extensions WHERE name = 'pubsubpull_context'",
@@ -113,9 +104,13 @@ async fn choose_context_trigger(client: &Client) -> Result<ContextTrigger, Migra
         .await
         .map_err(MigrateError::Prepare)?;
     let (refreshed, native): (i32, bool) = (row.get(0), row.get(1));
-    let trigger = if native { ContextTrigger::Native } else { ContextTrigger::PlPgSql };
-    tracing::info!(?trigger, tables_changed = refreshed, "context trigger");
-    Ok(trigger)
+    let trigger = if native {
+        "C (pubsubpull.capture_context_native)"
+    } else {
+        "PL/pgSQL (pubsubpull.capture_context)"
+    };
+    tracing::info!(trigger, tables_changed = refreshed, "context trigger");
+    Ok(())
 }
 
 /// Serializes concurrent migrations: the lock is the session's, released by [`unlock`] or when the

@@ -25,12 +25,15 @@ BEGIN
     END IF;
 END $$;
 
--- Installs (or re-points) the context trigger of a tracked table.
-CREATE FUNCTION pubsubpull.install_context_trigger(target regclass) RETURNS void
+-- Installs (or re-points) the context trigger of a tracked table; `function` is for measuring one
+-- against the other (bench/context).
+CREATE FUNCTION pubsubpull.install_context_trigger(target regclass,
+                                                   function regprocedure DEFAULT pubsubpull.context_trigger())
+RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('CREATE OR REPLACE TRIGGER pubsubpull_context BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION %s', target, pubsubpull.context_trigger());
+                   'FOR EACH STATEMENT EXECUTE FUNCTION %s', target, function);
 END $$;
 
 -- As in 0001, but the trigger runs pubsubpull.context_trigger().
