@@ -6,15 +6,18 @@
  * in PL/pgSQL, the trigger costs small write transactions a quarter to a third more server
  * instructions (bench/context): a PL/pgSQL call on every statement, a transaction-local setting as
  * the "row written" marker, and an SQL INSERT through the executor. Here the marker is a
- * variable of the backend, kept right across savepoints by transaction callbacks, and the row is
- * inserted as logical replication's apply worker inserts one: straight into the heap and its
- * indexes.
+ * variable of the backend, kept right across savepoints by transaction callbacks, and the row goes
+ * straight into the heap and the primary key, as a catalog row does.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/heapam.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -22,8 +25,11 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/xid8.h"
 
 PG_MODULE_MAGIC;
@@ -62,6 +68,30 @@ static const struct
  */
 static SubTransactionId row_written_in = InvalidSubTransactionId;
 
+/*
+ * What every row needs and few transactions change, kept across transactions rather than looked up
+ * for each: pubsubpull.context's oid, where its columns are and how a row goes in (below),
+ * forgotten when the table changes; the current user's name, forgotten when any role changes.
+ */
+static Oid	context_relid = InvalidOid;
+static AttrNumber column_position[CONTEXT_COLUMNS];
+static Oid	user_name_of = InvalidOid;
+static NameData user_name;
+
+/*
+ * How a row goes in. Into the table as migrations create it (only these columns, its one index the
+ * primary key on xid, no trigger, no check), straight into the heap and that index, as a catalog
+ * row goes in: the executor's insert would cost this trigger a third more. Into anything
+ * more (an operator's own trigger or index, say), through the executor as logical replication's
+ * apply worker inserts, so that it all applies as to an INSERT.
+ */
+static Oid	primary_key = InvalidOid;	/* invalid: through the executor */
+static IndexInfo *primary_key_info;
+static MemoryContext cache_memory;
+
+/* pubsubpull.context, as set_context sets it: a real setting once this library is loaded. */
+static char *app_context_text = NULL;
+
 static void
 forget_row_at_transaction_end(XactEvent event, void *arg)
 {
@@ -79,30 +109,58 @@ follow_savepoints(SubXactEvent event, SubTransactionId subtransaction, SubTransa
 		row_written_in = parent;
 }
 
+static void
+forget_context_table(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == context_relid || relid == primary_key)
+		context_relid = InvalidOid;
+}
+
+static void
+forget_user_name(Datum arg, int cache, uint32 hash)
+{
+	user_name_of = InvalidOid;
+}
+
 void
 _PG_init(void)
 {
 	RegisterXactCallback(forget_row_at_transaction_end, NULL);
 	RegisterSubXactCallback(follow_savepoints, NULL);
+	CacheRegisterRelcacheCallback(forget_context_table, (Datum) 0);
+	CacheRegisterSyscacheCallback(AUTHOID, forget_user_name, (Datum) 0);
+	/* Takes over the value, transaction-local or not, that set_context gave it before the load. */
+	DefineCustomStringVariable("pubsubpull.context",
+							   "The application's audit context of the current transaction (pubsubpull.set_context).",
+							   NULL, &app_context_text, "", PGC_USERSET, GUC_NOT_IN_SAMPLE, NULL, NULL, NULL);
 }
 
 /* The application's context (pubsubpull.set_context), or null when none was set. */
 static Datum
 app_context(bool *isnull)
 {
-	const char *text = GetConfigOption("pubsubpull.context", true, false);
+	*isnull = app_context_text == NULL || app_context_text[0] == '\0';
+	return *isnull ? (Datum) 0 : DirectFunctionCall1(jsonb_in, CStringGetDatum(app_context_text));
+}
 
-	*isnull = text == NULL || text[0] == '\0';
-	return *isnull ? (Datum) 0 : DirectFunctionCall1(jsonb_in, CStringGetDatum(text));
+static Datum
+db_user_value(void)
+{
+	Oid			user = GetUserId();
+
+	if (user != user_name_of)
+	{
+		namestrcpy(&user_name, GetUserNameFromId(user, false));
+		user_name_of = user;
+	}
+	return CStringGetTextDatum(NameStr(user_name));
 }
 
 static Datum
 application_name_value(bool *isnull)
 {
-	const char *name = GetConfigOption("application_name", false, false);
-
-	*isnull = name == NULL || name[0] == '\0';
-	return *isnull ? (Datum) 0 : CStringGetTextDatum(name);
+	*isnull = application_name == NULL || application_name[0] == '\0';
+	return *isnull ? (Datum) 0 : CStringGetTextDatum(application_name);
 }
 
 /* inet_client_addr(): null for a Unix-socket or single-user session. */
@@ -145,68 +203,134 @@ locate_columns(TupleDesc descriptor, AttrNumber *position)
 	}
 }
 
-static void
-write_context_row(void)
+static Oid
+context_table(void)
 {
 	Oid			relid = get_relname_relid("context", get_namespace_oid("pubsubpull", false));
-	Relation	rel;
-	TupleDesc	descriptor;
-	AttrNumber	position[CONTEXT_COLUMNS];
-	EState	   *estate;
-	RangeTblEntry *rte;
-	ResultRelInfo *result;
-	TupleTableSlot *slot;
-	Datum		value[CONTEXT_COLUMNS];
-	bool		null[CONTEXT_COLUMNS] = {false};
 
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation pubsubpull.context does not exist"),
 				 errhint("Run pubsubpull migrate.")));
-	rel = table_open(relid, RowExclusiveLock);
-	descriptor = RelationGetDescr(rel);
-	locate_columns(descriptor, position);
+	return relid;
+}
 
-	/* The executor state that logical replication's apply worker sets up for one insert. */
-	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
+/* Learns the columns of pubsubpull.context, open, and how a row goes in. */
+static void
+learn_context_table(Relation rel)
+{
+	TupleDesc	descriptor = RelationGetDescr(rel);
+	List	   *indexes = RelationGetIndexList(rel);
+	int			columns = 0;
+
+	locate_columns(descriptor, column_position);
+	for (int a = 0; a < descriptor->natts; a++)
+		columns += !TupleDescAttr(descriptor, a)->attisdropped;
+
+	if (cache_memory == NULL)
+		cache_memory = AllocSetContextCreate(CacheMemoryContext, "pubsubpull context trigger", ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(cache_memory);
+	primary_key = InvalidOid;
+	if (columns == CONTEXT_COLUMNS && rel->trigdesc == NULL
+		&& (descriptor->constr == NULL || descriptor->constr->num_check == 0)
+		&& list_length(indexes) == 1 && linitial_oid(indexes) == RelationGetPrimaryKeyIndex(rel))
+	{
+		Relation	index = index_open(linitial_oid(indexes), AccessShareLock);
+		MemoryContext caller = MemoryContextSwitchTo(cache_memory);
+		IndexInfo  *info = BuildIndexInfo(index);
+
+		MemoryContextSwitchTo(caller);
+		if (index->rd_rel->relam == BTREE_AM_OID && index->rd_index->indimmediate && info->ii_NumIndexAttrs == 1
+			&& info->ii_IndexAttrNumbers[0] == column_position[COLUMN_XID] && info->ii_Expressions == NIL
+			&& info->ii_Predicate == NIL)
+		{
+			primary_key = RelationGetRelid(index);
+			primary_key_info = info;
+		}
+		index_close(index, AccessShareLock);
+	}
+	list_free(indexes);
+	context_relid = RelationGetRelid(rel);
+}
+
+static void
+insert_directly(Relation rel, Datum *value, bool *null)
+{
+	Relation	index = index_open(primary_key, RowExclusiveLock);
+	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), value, null);
+
+	simple_heap_insert(rel, tuple);
+	index_insert(index, &value[column_position[COLUMN_XID] - 1], &null[column_position[COLUMN_XID] - 1],
+				 &tuple->t_self, rel, UNIQUE_CHECK_YES, false, primary_key_info);
+	index_close(index, NoLock);
+	heap_freetuple(tuple);
+}
+
+/*
+ * Constraints, indexes and any triggers of the context table apply as to an INSERT; its AFTER
+ * triggers fire at the end of the statement that fired this one.
+ */
+static void
+insert_with_executor(Relation rel, Datum *value, bool *null)
+{
+	EState	   *estate = CreateExecutorState();
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	ResultRelInfo *result = makeNode(ResultRelInfo);
+	TupleTableSlot *slot;
+
 	rte->rtekind = RTE_RELATION;
-	rte->relid = relid;
+	rte->relid = RelationGetRelid(rel);
 	rte->relkind = rel->rd_rel->relkind;
 	rte->rellockmode = RowExclusiveLock;
 	ExecInitRangeTable(estate, list_make1(rte));
-	result = makeNode(ResultRelInfo);
 	InitResultRelInfo(result, rel, 1, NULL, 0);
 	estate->es_output_cid = GetCurrentCommandId(true);
 	ExecOpenIndices(result, false);
 
-	value[COLUMN_XID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
-	value[COLUMN_APP] = app_context(&null[COLUMN_APP]);
-	value[COLUMN_DB_USER] = CStringGetTextDatum(GetUserNameFromId(GetUserId(), false));
-	value[COLUMN_APPLICATION_NAME] = application_name_value(&null[COLUMN_APPLICATION_NAME]);
-	value[COLUMN_CLIENT_ADDR] = client_addr_value(&null[COLUMN_CLIENT_ADDR]);
-	value[COLUMN_CREATED_AT] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-
-	slot = ExecInitExtraTupleSlot(estate, descriptor, &TTSOpsVirtual);
+	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	ExecClearTuple(slot);
-	memset(slot->tts_isnull, true, descriptor->natts * sizeof(bool));
-	for (int c = 0; c < CONTEXT_COLUMNS; c++)
-	{
-		slot->tts_values[position[c] - 1] = value[c];
-		slot->tts_isnull[position[c] - 1] = null[c];
-	}
+	memcpy(slot->tts_values, value, RelationGetDescr(rel)->natts * sizeof(Datum));
+	memcpy(slot->tts_isnull, null, RelationGetDescr(rel)->natts * sizeof(bool));
 	ExecStoreVirtualTuple(slot);
-
-	/*
-	 * Constraints, indexes and any triggers of the context table apply as to an INSERT; its AFTER
-	 * triggers fire at the end of the statement that fired this one.
-	 */
 	ExecSimpleRelationInsert(result, estate, slot);
 
 	ExecCloseIndices(result);
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
+}
+
+static void
+write_context_row(void)
+{
+	Relation	rel = table_open(OidIsValid(context_relid) ? context_relid : context_table(), RowExclusiveLock);
+	int			natts = RelationGetDescr(rel)->natts;
+	Datum	   *value = palloc(natts * sizeof(Datum));
+	bool	   *null = palloc(natts * sizeof(bool));
+	Datum		context[CONTEXT_COLUMNS];
+	bool		context_null[CONTEXT_COLUMNS] = {false};
+
+	/* Taking the lock read the pending invalidations: a table that changed was forgotten just now. */
+	if (!OidIsValid(context_relid))
+		learn_context_table(rel);
+
+	context[COLUMN_XID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	context[COLUMN_APP] = app_context(&context_null[COLUMN_APP]);
+	context[COLUMN_DB_USER] = db_user_value();
+	context[COLUMN_APPLICATION_NAME] = application_name_value(&context_null[COLUMN_APPLICATION_NAME]);
+	context[COLUMN_CLIENT_ADDR] = client_addr_value(&context_null[COLUMN_CLIENT_ADDR]);
+	context[COLUMN_CREATED_AT] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	memset(null, true, natts * sizeof(bool));
+	for (int c = 0; c < CONTEXT_COLUMNS; c++)
+	{
+		value[column_position[c] - 1] = context[c];
+		null[column_position[c] - 1] = context_null[c];
+	}
+
+	if (OidIsValid(primary_key))
+		insert_directly(rel, value, null);
+	else
+		insert_with_executor(rel, value, null);
 	table_close(rel, NoLock);
 }
 

@@ -241,6 +241,48 @@ fn triggers_on_the_context_table_see_its_rows() {
     }
 }
 
+/// The C trigger learns the context table once per session and writes rows straight into its heap
+/// and primary key. An index or a trigger that an operator adds later, seen from the same session,
+/// gets every later row; once they are gone, rows go straight in again.
+#[test]
+fn a_session_sees_indexes_and_triggers_added_to_the_context_table() {
+    for trigger in [Trigger::C, Trigger::PlPgSql] {
+        let db = migrated(trigger);
+        db.sql(
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE audit_log (xid xid8);
+             CREATE FUNCTION log_context() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO audit_log VALUES (NEW.xid); RETURN NULL; END $$",
+        );
+        pubsubpull(&["track", "--database-url", &db.url(), "t"]);
+        assert_trigger(&db, "t", trigger);
+        // One session, one transaction per step; `seen` records what the index finds.
+        let seen = db.sql(
+            "CREATE TEMP TABLE seen (step int, rows bigint);
+             SET enable_seqscan = off;
+             BEGIN; INSERT INTO t VALUES (1); COMMIT;
+             BEGIN; CREATE INDEX context_by_user ON pubsubpull.context (db_user); COMMIT;
+             BEGIN; INSERT INTO t VALUES (2); COMMIT;
+             BEGIN; INSERT INTO seen SELECT 1, count(*) FROM pubsubpull.context WHERE db_user = current_user; COMMIT;
+             BEGIN; CREATE TRIGGER log_context AFTER INSERT ON pubsubpull.context
+                        FOR EACH ROW EXECUTE FUNCTION log_context(); COMMIT;
+             BEGIN; INSERT INTO t VALUES (3); COMMIT;
+             BEGIN; DROP TRIGGER log_context ON pubsubpull.context; DROP INDEX pubsubpull.context_by_user; COMMIT;
+             BEGIN; INSERT INTO t VALUES (4); COMMIT;
+             BEGIN; CREATE INDEX context_by_user ON pubsubpull.context (db_user); COMMIT;
+             BEGIN; INSERT INTO seen SELECT 2, count(*) FROM pubsubpull.context WHERE db_user = current_user; COMMIT;
+             SELECT string_agg(rows::text, ' ' ORDER BY step) || ' ' || (SELECT count(*) FROM audit_log) FROM seen",
+        );
+        // The index found the row written after it was built; the trigger saw the third row;
+        // all four rows were written.
+        assert_eq!(seen, "2 4 1", "{trigger:?}");
+        let plan = db.sql(
+            "SET enable_seqscan = off;
+             EXPLAIN SELECT count(*) FROM pubsubpull.context WHERE db_user = current_user",
+        );
+        assert!(plan.contains("context_by_user"), "the counts must come from the index: {plan}");
+    }
+}
+
 /// `pubsubpull migrate` moves tables tracked before the extension was created to the C trigger,
 /// and gives back their trigger to tables whose trigger went with a dropped extension (and to no
 /// table that is gone).
