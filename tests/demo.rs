@@ -29,6 +29,8 @@ fn the_demo_shows_changes_context_deliveries_and_pulls_then_stops_on_ctrl_c() {
     });
 
     let wanted = [
+        // scripts/test installs the C trigger, as scripts/demo does.
+        "its context trigger: pubsubpull.capture_context_native()",
         "PUT received",
         "insert public.customers key {\"id\":1} by alice via POST /customers",
         "update public.customers key {\"id\":1} by \"postgres\" (\"nightly-cron\") with no application context",

@@ -58,7 +58,11 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     )
     .await?;
     tracking::track(&sql, &["customers".to_owned()], false).await?;
-    say("postgres", "table public.customers created and tracked (pubsubpull track customers)");
+    let trigger: String = sql.query_one("SELECT pubsubpull.context_trigger()::text", &[]).await?.get(0);
+    say(
+        "postgres",
+        &format!("table public.customers created and tracked (pubsubpull track customers); its context trigger: {trigger}"),
+    );
 
     let subscriber = TcpListener::bind("127.0.0.1:0").await?;
     let hook = format!("http://{}/hook", subscriber.local_addr()?);
