@@ -52,13 +52,14 @@ static const struct
 {
 	const char *name;
 	Oid			type;
+	bool		may_be_null;	/* this trigger may leave it null */
 }			context_columns[CONTEXT_COLUMNS] = {
-	[COLUMN_XID] = {"xid", XID8OID},
-	[COLUMN_APP] = {"app", JSONBOID},
-	[COLUMN_DB_USER] = {"db_user", TEXTOID},
-	[COLUMN_APPLICATION_NAME] = {"application_name", TEXTOID},
-	[COLUMN_CLIENT_ADDR] = {"client_addr", INETOID},
-	[COLUMN_CREATED_AT] = {"created_at", TIMESTAMPTZOID},
+	[COLUMN_XID] = {"xid", XID8OID, false},
+	[COLUMN_APP] = {"app", JSONBOID, true},
+	[COLUMN_DB_USER] = {"db_user", TEXTOID, false},
+	[COLUMN_APPLICATION_NAME] = {"application_name", TEXTOID, true},
+	[COLUMN_CLIENT_ADDR] = {"client_addr", INETOID, true},
+	[COLUMN_CREATED_AT] = {"created_at", TIMESTAMPTZOID, false},
 };
 
 /*
@@ -79,8 +80,8 @@ static Oid	user_name_of = InvalidOid;
 static NameData user_name;
 
 /*
- * How a row goes in. Into the table as migrations create it (only these columns, its one index the
- * primary key on xid, no trigger, no check), straight into the heap and that index, as a catalog
+ * How a row goes in. Into the table as migrations create it (only these columns, null allowed where
+ * this trigger may leave one, its one index the primary key on xid, no trigger, no check), straight into the heap and that index, as a catalog
  * row goes in: the executor's insert would cost this trigger a third more. Into anything
  * more (an operator's own trigger or index, say), through the executor as logical replication's
  * apply worker inserts, so that it all applies as to an INSERT.
@@ -223,16 +224,19 @@ learn_context_table(Relation rel)
 	TupleDesc	descriptor = RelationGetDescr(rel);
 	List	   *indexes = RelationGetIndexList(rel);
 	int			columns = 0;
+	bool		nulls_refused = false;
 
 	locate_columns(descriptor, column_position);
 	for (int a = 0; a < descriptor->natts; a++)
 		columns += !TupleDescAttr(descriptor, a)->attisdropped;
+	for (int c = 0; c < CONTEXT_COLUMNS; c++)
+		nulls_refused |= context_columns[c].may_be_null && TupleDescAttr(descriptor, column_position[c] - 1)->attnotnull;
 
 	if (cache_memory == NULL)
 		cache_memory = AllocSetContextCreate(CacheMemoryContext, "pubsubpull context trigger", ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(cache_memory);
 	primary_key = InvalidOid;
-	if (columns == CONTEXT_COLUMNS && rel->trigdesc == NULL
+	if (columns == CONTEXT_COLUMNS && !nulls_refused && rel->trigdesc == NULL
 		&& (descriptor->constr == NULL || descriptor->constr->num_check == 0)
 		&& list_length(indexes) == 1 && linitial_oid(indexes) == RelationGetPrimaryKeyIndex(rel))
 	{

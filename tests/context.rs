@@ -242,8 +242,8 @@ fn triggers_on_the_context_table_see_its_rows() {
 }
 
 /// The C trigger learns the context table once per session and writes rows straight into its heap
-/// and primary key. An index or a trigger that an operator adds later, seen from the same session,
-/// gets every later row; once they are gone, rows go straight in again.
+/// and primary key. An index, a trigger or a NOT NULL that an operator adds later, seen from the
+/// same session, applies to every later row; once they are gone, rows go straight in again.
 #[test]
 fn a_session_sees_indexes_and_triggers_added_to_the_context_table() {
     for trigger in [Trigger::C, Trigger::PlPgSql] {
@@ -255,26 +255,38 @@ fn a_session_sees_indexes_and_triggers_added_to_the_context_table() {
         );
         pubsubpull(&["track", "--database-url", &db.url(), "t"]);
         assert_trigger(&db, "t", trigger);
-        // One session, one transaction per step; `seen` records what the index finds.
+        // One session, one transaction per step; `seen` records what each check found.
         let seen = db.sql(
-            "CREATE TEMP TABLE seen (step int, rows bigint);
+            "CREATE TEMP TABLE seen (step int, found text);
              SET enable_seqscan = off;
              BEGIN; INSERT INTO t VALUES (1); COMMIT;
              BEGIN; CREATE INDEX context_by_user ON pubsubpull.context (db_user); COMMIT;
              BEGIN; INSERT INTO t VALUES (2); COMMIT;
-             BEGIN; INSERT INTO seen SELECT 1, count(*) FROM pubsubpull.context WHERE db_user = current_user; COMMIT;
+             BEGIN; INSERT INTO seen SELECT 1, 'index ' || count(*) FROM pubsubpull.context WHERE db_user = current_user; COMMIT;
              BEGIN; CREATE TRIGGER log_context AFTER INSERT ON pubsubpull.context
                         FOR EACH ROW EXECUTE FUNCTION log_context(); COMMIT;
              BEGIN; INSERT INTO t VALUES (3); COMMIT;
+             BEGIN; INSERT INTO seen SELECT 2, 'trigger ' || count(*) FROM audit_log; COMMIT;
              BEGIN; DROP TRIGGER log_context ON pubsubpull.context; DROP INDEX pubsubpull.context_by_user; COMMIT;
              BEGIN; INSERT INTO t VALUES (4); COMMIT;
              BEGIN; CREATE INDEX context_by_user ON pubsubpull.context (db_user); COMMIT;
-             BEGIN; INSERT INTO seen SELECT 2, count(*) FROM pubsubpull.context WHERE db_user = current_user; COMMIT;
-             SELECT string_agg(rows::text, ' ' ORDER BY step) || ' ' || (SELECT count(*) FROM audit_log) FROM seen",
+             BEGIN; INSERT INTO seen SELECT 3, 'index ' || count(*) FROM pubsubpull.context WHERE db_user = current_user; COMMIT;
+             BEGIN; DROP INDEX pubsubpull.context_by_user;
+                    ALTER TABLE pubsubpull.context ALTER application_name SET NOT NULL; COMMIT;
+             SET application_name = '';
+             DO $$ BEGIN
+                 INSERT INTO t VALUES (5);
+                 INSERT INTO seen VALUES (4, 'null application_name written');
+             EXCEPTION WHEN not_null_violation THEN
+                 INSERT INTO seen VALUES (4, 'null application_name refused');
+             END $$;
+             BEGIN; ALTER TABLE pubsubpull.context ALTER application_name DROP NOT NULL;
+                    CREATE INDEX context_by_user ON pubsubpull.context (db_user); COMMIT;
+             SELECT string_agg(found, ', ' ORDER BY step) FROM seen",
         );
-        // The index found the row written after it was built; the trigger saw the third row;
-        // all four rows were written.
-        assert_eq!(seen, "2 4 1", "{trigger:?}");
+        // The index built before the second row found it; the trigger saw the third row; all four
+        // rows were written; a NOT NULL added to a column the trigger may leave null is enforced.
+        assert_eq!(seen, "index 2, trigger 1, index 4, null application_name refused", "{trigger:?}");
         let plan = db.sql(
             "SET enable_seqscan = off;
              EXPLAIN SELECT count(*) FROM pubsubpull.context WHERE db_user = current_user",
