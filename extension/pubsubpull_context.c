@@ -81,10 +81,10 @@ static NameData user_name;
 
 /*
  * How a row goes in. Into the table as migrations create it (only these columns, null allowed where
- * this trigger may leave one, its one index the primary key on xid, no trigger, no check), straight into the heap and that index, as a catalog
- * row goes in: the executor's insert would cost this trigger a third more. Into anything
- * more (an operator's own trigger or index, say), through the executor as logical replication's
- * apply worker inserts, so that it all applies as to an INSERT.
+ * this trigger may leave one, its one index the primary key on xid, no trigger, no check), straight
+ * into the heap and that index, as a catalog row goes in: the executor's insert would cost this
+ * trigger a third more. Into anything more (an operator's own trigger or index, say), through the
+ * executor as logical replication's apply worker inserts, so that it all applies as to an INSERT.
  */
 static Oid	primary_key = InvalidOid;	/* invalid: through the executor */
 static IndexInfo *primary_key_info;
