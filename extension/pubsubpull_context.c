@@ -230,10 +230,12 @@ learn_context_table(Relation rel)
 	for (int a = 0; a < descriptor->natts; a++)
 		columns += !TupleDescAttr(descriptor, a)->attisdropped;
 	for (int c = 0; c < CONTEXT_COLUMNS; c++)
-		nulls_refused |= context_columns[c].may_be_null && TupleDescAttr(descriptor, column_position[c] - 1)->attnotnull;
+		nulls_refused |= context_columns[c].may_be_null
+			&& TupleDescAttr(descriptor, column_position[c] - 1)->attnotnull;
 
 	if (cache_memory == NULL)
-		cache_memory = AllocSetContextCreate(CacheMemoryContext, "pubsubpull context trigger", ALLOCSET_SMALL_SIZES);
+		cache_memory = AllocSetContextCreate(CacheMemoryContext, "pubsubpull context trigger",
+											 ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(cache_memory);
 	primary_key = InvalidOid;
 	if (columns == CONTEXT_COLUMNS && !nulls_refused && rel->trigdesc == NULL
