@@ -32,6 +32,11 @@ pub const SOURCE: &[Migration] = &[
         name: "0003_native_context_trigger.sql",
         sql: include_str!("../migrations/source/0003_native_context_trigger.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_lighter_plpgsql_trigger.sql",
+        sql: include_str!("../migrations/source/0004_lighter_plpgsql_trigger.sql"),
+    },
 ];
 
 /// The feed database's migrations (`migrations/feed/`), in order.
