@@ -3,7 +3,7 @@
  *
  * It does what pubsubpull.capture_context() (PL/pgSQL, migrations/source/) does: before each
  * statement on a tracked table, write the transaction's row of pubsubpull.context once. Written
- * in PL/pgSQL, the trigger costs small write transactions a quarter to a third more server
+ * in PL/pgSQL, the trigger costs small write transactions about a quarter more server
  * instructions (bench/context): a PL/pgSQL call on every statement, a transaction-local setting as
  * the "row written" marker, and an SQL INSERT through the executor. Here the marker is a
  * variable of the backend, kept right across savepoints by transaction callbacks, and the row goes
