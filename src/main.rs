@@ -216,7 +216,7 @@ async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let mut source = sql_client(&args.database).await?;
     let applied = migrate::migrate(&mut source, "source", migrate::SOURCE).await?;
     tracing::info!(applied = applied.len(), "source schema up to date");
-    migrate::context_trigger(&mut source).await?;
+    migrate::context_functions(&mut source).await?;
     let mut feed = match &args.feed_database_url {
         Some(url) => ConnInfo::parse(url).context("invalid --feed-database-url")?.connect_sql().await?,
         None => source,

@@ -37,6 +37,11 @@ pub const SOURCE: &[Migration] = &[
         name: "0004_lighter_plpgsql_trigger.sql",
         sql: include_str!("../migrations/source/0004_lighter_plpgsql_trigger.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_native_set_context.sql",
+        sql: include_str!("../migrations/source/0005_native_set_context.sql"),
+    },
 ];
 
 /// The feed database's migrations (`migrations/feed/`), in order.
@@ -72,50 +77,69 @@ pub async fn migrate(client: &mut Client, target: &str, set: &[Migration]) -> Re
     unlock(client, result).await
 }
 
-/// Creates the `pubsubpull_context` extension (the context trigger in C) when the server has it
-/// installed and it is not created yet, then gives every tracked table the trigger that
-/// `pubsubpull.context_trigger()` names. Without the extension (not installed, or this role may not
-/// create it: a warning says so) the PL/pgSQL trigger serves. After the source migrations.
-pub async fn context_trigger(client: &mut Client) -> Result<(), MigrateError> {
+/// Creates the `pubsubpull_context` extension (the context trigger and `set_context` in C) when
+/// the server has it installed and it is not created yet, or updates it to the installed version;
+/// then gives every tracked table the trigger that `pubsubpull.context_trigger()` names. Without
+/// the extension (not installed, or this role may not create it: a warning says so) the PL/pgSQL
+/// ones serve. After the source migrations.
+pub async fn context_functions(client: &mut Client) -> Result<(), MigrateError> {
     lock(client).await?;
-    let result = choose_context_trigger(client).await;
+    let result = choose_context_functions(client).await;
     unlock(client, result).await
 }
 
-async fn choose_context_trigger(client: &Client) -> Result<(), MigrateError> {
+async fn choose_context_functions(client: &mut Client) -> Result<(), MigrateError> {
     let extension = client
         .query_opt(
-            "SELECT installed_version IS NOT NULL FROM pg_available_extensions WHERE name = 'pubsubpull_context'",
+            "SELECT installed_version, default_version FROM pg_available_extensions WHERE name = 'pubsubpull_context'",
             &[],
         )
         .await
         .map_err(MigrateError::Prepare)?;
-    if extension.is_some_and(|row| !row.get::<_, bool>(0)) {
-        match client.batch_execute("CREATE EXTENSION pubsubpull_context").await {
-            Ok(()) => tracing::info!("created the pubsubpull_context extension: the context trigger in C"),
-            Err(error) => tracing::warn!(
-                error = %crate::error_chain(&error),
-                "cannot create the pubsubpull_context extension, so tracked tables keep the PL/pgSQL context \
-                 trigger; a superuser or the database owner can: CREATE EXTENSION pubsubpull_context"
-            ),
+    if let Some(row) = extension {
+        let (installed, available): (Option<String>, String) = (row.get(0), row.get(1));
+        let statement = match installed {
+            None => Some("CREATE EXTENSION pubsubpull_context"),
+            Some(version) if version != available => Some("ALTER EXTENSION pubsubpull_context UPDATE"),
+            Some(_) => None,
+        };
+        if let Some(statement) = statement {
+            match create_extension(client, statement).await {
+                Ok(()) => tracing::info!(version = available, "{statement}: the context functions in C"),
+                Err(error) => tracing::warn!(
+                    error = %crate::error_chain(&error),
+                    "cannot {statement}, so the context functions stay as they were (PL/pgSQL without the \
+                     extension); a superuser or the database owner can: pubsubpull migrate"
+                ),
+            }
         }
     }
     let row = client
         .query_one(
-            "SELECT pubsubpull.refresh_context_triggers(),
+            "SELECT pubsubpull.restore_set_context(), pubsubpull.refresh_context_triggers(),
                     to_regprocedure('pubsubpull.capture_context_native()') IS NOT NULL",
             &[],
         )
         .await
         .map_err(MigrateError::Prepare)?;
-    let (refreshed, native): (i32, bool) = (row.get(0), row.get(1));
-    let trigger = if native {
-        "C (pubsubpull.capture_context_native)"
-    } else {
-        "PL/pgSQL (pubsubpull.capture_context)"
-    };
-    tracing::info!(trigger, tables_changed = refreshed, "context trigger");
+    let (restored, refreshed): (bool, i32) = (row.get(0), row.get(1));
+    let language = if row.get(2) { "C" } else { "PL/pgSQL" };
+    tracing::info!(
+        language,
+        tables_changed = refreshed,
+        set_context_restored = restored,
+        "context functions"
+    );
     Ok(())
+}
+
+/// Runs `statement` (creating or updating the extension) in a transaction that first drops the
+/// PL/pgSQL `set_context`, whose name the extension's takes; a failure leaves it in place.
+async fn create_extension(client: &mut Client, statement: &str) -> Result<(), tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    transaction.batch_execute("SELECT pubsubpull.drop_plpgsql_set_context()").await?;
+    transaction.batch_execute(statement).await?;
+    transaction.commit().await
 }
 
 /// Serializes concurrent migrations: the lock is the session's, released by [`unlock`] or when the

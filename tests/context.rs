@@ -79,57 +79,63 @@ async fn session(db: &TestDb, number: i32, role: &str) {
     client.batch_execute("COMMIT").await.unwrap();
 }
 
-/// The two functions a tracked table's trigger can run: the C one of the `pubsubpull_context`
-/// extension, which `pubsubpull migrate` creates (scripts/test installs it), and the PL/pgSQL one
-/// that serves without it.
+/// The two languages of the context functions (a tracked table's trigger and `set_context`): C,
+/// from the `pubsubpull_context` extension, which `pubsubpull migrate` creates (scripts/test
+/// installs it), and PL/pgSQL, which serves without it.
 #[derive(Clone, Copy, Debug)]
-enum Trigger {
+enum Language {
     C,
     PlPgSql,
 }
 
-/// A migrated database whose tracked tables will get `trigger`.
-fn migrated(trigger: Trigger) -> TestDb {
+/// A migrated database whose context functions are in `language`.
+fn migrated(language: Language) -> TestDb {
     let db = TestDb::new();
     pubsubpull(&["migrate", "--database-url", &db.url()]);
     let native = db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pubsubpull_context'");
     assert_eq!(native, "1", "pubsubpull migrate creates the pubsubpull_context extension when installed");
-    if let Trigger::PlPgSql = trigger {
-        db.sql("DROP EXTENSION pubsubpull_context");
+    if let Language::PlPgSql = language {
+        // set_context goes with the extension, and comes back in PL/pgSQL as migrate brings it back.
+        db.sql("DROP EXTENSION pubsubpull_context; SELECT pubsubpull.restore_set_context()");
     }
     db
 }
 
-fn assert_trigger(db: &TestDb, table: &str, trigger: Trigger) {
-    let function = db.sql(&format!(
+/// Checks that `table`'s trigger and `set_context` run the functions in `language`.
+fn assert_functions(db: &TestDb, table: &str, language: Language) {
+    let trigger = db.sql(&format!(
         "SELECT tgfoid::regprocedure FROM pg_trigger WHERE tgrelid = '{table}'::regclass AND tgname = 'pubsubpull_context'"
     ));
-    let expected = match trigger {
-        Trigger::C => "pubsubpull.capture_context_native()",
-        Trigger::PlPgSql => "pubsubpull.capture_context()",
+    let set_context = db.sql(
+        "SELECT lanname FROM pg_proc JOIN pg_language l ON l.oid = prolang
+          WHERE pg_proc.oid = 'pubsubpull.set_context(jsonb)'::regprocedure",
+    );
+    let expected = match language {
+        Language::C => ["pubsubpull.capture_context_native()", "c"],
+        Language::PlPgSql => ["pubsubpull.capture_context()", "plpgsql"],
     };
-    assert_eq!(function, expected, "the trigger of {table}");
+    assert_eq!([trigger, set_context], expected, "the trigger of {table} and set_context");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_change_carries_its_own_transactions_context_with_the_c_trigger() {
-    every_change_carries_its_own_transactions_context(Trigger::C).await;
+    every_change_carries_its_own_transactions_context(Language::C).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_change_carries_its_own_transactions_context_with_the_plpgsql_trigger() {
-    every_change_carries_its_own_transactions_context(Trigger::PlPgSql).await;
+    every_change_carries_its_own_transactions_context(Language::PlPgSql).await;
 }
 
-async fn every_change_carries_its_own_transactions_context(trigger: Trigger) {
-    let db = migrated(trigger);
+async fn every_change_carries_its_own_transactions_context(language: Language) {
+    let db = migrated(language);
     let role = format!("{}_web", db.name);
     db.sql(&format!("CREATE ROLE {role}"));
     db.sql("CREATE TABLE orders (id serial PRIMARY KEY, session int, txn int, note text)");
     db.sql("CREATE TABLE untracked (id serial PRIMARY KEY)");
     db.sql(&format!("GRANT ALL ON orders, untracked, orders_id_seq, untracked_id_seq TO {role}"));
     pubsubpull(&["track", "--database-url", &db.url(), "orders"]);
-    assert_trigger(&db, "orders", trigger);
+    assert_functions(&db, "orders", language);
     for plugin in ["pgoutput", "wal2json", "test_decoding"] {
         db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', '{plugin}')", db.slot(plugin)));
     }
@@ -173,14 +179,15 @@ async fn every_change_carries_its_own_transactions_context(trigger: Trigger) {
 }
 
 /// Savepoints inside savepoints, and PL/pgSQL exception blocks (subtransactions too): a context
-/// row written in one that is undone goes with it, and the next change writes it again.
+/// row written in one that is undone goes with it, and the next change writes it again; a context
+/// set in one that is undone goes too, whether set before or after the row was written.
 #[test]
 fn undone_subtransactions_take_their_context_row_with_them() {
-    for trigger in [Trigger::C, Trigger::PlPgSql] {
-        let db = migrated(trigger);
+    for language in [Language::C, Language::PlPgSql] {
+        let db = migrated(language);
         db.sql("CREATE TABLE notes (id serial PRIMARY KEY, note text)");
         pubsubpull(&["track", "--database-url", &db.url(), "notes"]);
-        assert_trigger(&db, "notes", trigger);
+        assert_functions(&db, "notes", language);
         db.sql(&format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", db.slot("pgoutput")));
         db.sql(
             "BEGIN; SELECT pubsubpull.set_context('{\"case\": \"nested\"}'); \
@@ -191,7 +198,13 @@ fn undone_subtransactions_take_their_context_row_with_them() {
                     EXCEPTION WHEN raise_exception THEN NULL; END $$; \
              INSERT INTO notes (note) VALUES ('exception'); COMMIT; \
              BEGIN; SAVEPOINT a; INSERT INTO notes (note) VALUES ('released'); RELEASE a; \
-             INSERT INTO notes (note) VALUES ('after release'); COMMIT;",
+             INSERT INTO notes (note) VALUES ('after release'); COMMIT; \
+             BEGIN; SELECT pubsubpull.set_context('{\"case\": \"set before\"}'); \
+             SAVEPOINT a; SELECT pubsubpull.set_context('{\"case\": \"undone\"}'); ROLLBACK TO a; \
+             INSERT INTO notes (note) VALUES ('set before'); COMMIT; \
+             BEGIN; SELECT pubsubpull.set_context('{\"case\": \"set after\"}'); \
+             INSERT INTO notes (note) VALUES ('set after'); \
+             SAVEPOINT a; SELECT pubsubpull.set_context('{\"case\": \"undone\"}'); ROLLBACK TO a; COMMIT;",
         );
         let changes = tail(&db, "pgoutput", &db.current_lsn());
         let seen: Vec<(&Value, &Value)> =
@@ -203,16 +216,18 @@ fn undone_subtransactions_take_their_context_row_with_them() {
                 (&json!("exception"), &json!({"case": "exception"})),
                 (&json!("released"), &Value::Null),
                 (&json!("after release"), &Value::Null),
+                (&json!("set before"), &json!({"case": "set before"})),
+                (&json!("set after"), &json!({"case": "set after"})),
             ],
-            "{trigger:?}"
+            "{language:?}"
         );
         for change in &changes {
-            assert_eq!(change["context"]["db_user"], "postgres", "{trigger:?}: {change}");
+            assert_eq!(change["context"]["db_user"], "postgres", "{language:?}: {change}");
         }
         assert_eq!(
             db.sql("SELECT count(*) FROM pubsubpull.context"),
-            "3",
-            "{trigger:?}: one row per transaction"
+            "5",
+            "{language:?}: one row per transaction"
         );
     }
 }
@@ -223,15 +238,15 @@ fn undone_subtransactions_take_their_context_row_with_them() {
 /// row (the trigger sees the row as written); once they are gone, rows go straight in again.
 #[test]
 fn indexes_triggers_and_constraints_added_to_the_context_table_apply_to_its_rows() {
-    for trigger in [Trigger::C, Trigger::PlPgSql] {
-        let db = migrated(trigger);
+    for language in [Language::C, Language::PlPgSql] {
+        let db = migrated(language);
         db.sql(
             "CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE audit_log (xid xid8, db_user text);
              CREATE FUNCTION log_context() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN INSERT INTO audit_log VALUES (NEW.xid, NEW.db_user); RETURN NULL; END $$",
         );
         pubsubpull(&["track", "--database-url", &db.url(), "t"]);
-        assert_trigger(&db, "t", trigger);
+        assert_functions(&db, "t", language);
         // One session, one transaction per step; `seen` records what each check found.
         let seen = db.sql(
             "CREATE TEMP TABLE seen (step int, found text);
@@ -265,7 +280,7 @@ fn indexes_triggers_and_constraints_added_to_the_context_table_apply_to_its_rows
         // The index built before the second row found it; the trigger saw the third row as written;
         // all four rows were written; a NOT NULL added to a column the trigger may leave null is
         // enforced.
-        assert_eq!(seen, "index 2, trigger postgres, index 4, null application_name refused", "{trigger:?}");
+        assert_eq!(seen, "index 2, trigger postgres, index 4, null application_name refused", "{language:?}");
         let plan = db.sql(
             "SET enable_seqscan = off;
              EXPLAIN SELECT count(*) FROM pubsubpull.context WHERE db_user = current_user",
@@ -274,25 +289,29 @@ fn indexes_triggers_and_constraints_added_to_the_context_table_apply_to_its_rows
     }
 }
 
-/// `pubsubpull migrate` moves tables tracked before the extension was created to the C trigger,
-/// and gives back their trigger to tables whose trigger went with a dropped extension (and to no
-/// table that is gone).
+/// `pubsubpull migrate` moves set_context, and tables tracked before the extension was created, to
+/// the C functions, and gives back set_context and their trigger when a dropped extension took them
+/// along (to no table that is gone).
 #[test]
-fn migrate_moves_tracked_tables_to_the_c_trigger() {
-    let db = migrated(Trigger::PlPgSql);
+fn migrate_moves_set_context_and_tracked_tables_to_the_c_functions() {
+    let db = migrated(Language::PlPgSql);
     db.sql("CREATE TABLE early (id int PRIMARY KEY)");
     pubsubpull(&["track", "--database-url", &db.url(), "early"]);
-    assert_trigger(&db, "early", Trigger::PlPgSql);
+    assert_functions(&db, "early", Language::PlPgSql);
+    // The extension as a database migrated before set_context was in C has it: migrate updates it.
+    db.sql("CREATE EXTENSION pubsubpull_context VERSION '1.0'");
     pubsubpull(&["migrate", "--database-url", &db.url()]);
-    assert_trigger(&db, "early", Trigger::C);
+    assert_eq!(db.sql("SELECT extversion FROM pg_extension WHERE extname = 'pubsubpull_context'"), "1.1");
+    assert_functions(&db, "early", Language::C);
     db.sql("DROP EXTENSION pubsubpull_context CASCADE");
     assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'early'::regclass"), "0");
+    assert_eq!(db.sql("SELECT to_regprocedure('pubsubpull.set_context(jsonb)') IS NULL"), "t");
     // A tracked table dropped meanwhile is left alone.
     db.sql("CREATE TABLE dropped (id int PRIMARY KEY)");
     pubsubpull(&["track", "--database-url", &db.url(), "dropped"]);
     db.sql("DROP TABLE dropped");
     pubsubpull(&["migrate", "--database-url", &db.url()]);
-    assert_trigger(&db, "early", Trigger::C);
+    assert_functions(&db, "early", Language::C);
 }
 
 /// A transaction too big for memory whose context is set after its last change: every change

@@ -51,7 +51,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
     let conninfo = ConnInfo::parse(&url)?;
     let mut sql = conninfo.connect_sql().await?;
     migrate::migrate(&mut sql, "source", migrate::SOURCE).await?;
-    migrate::context_trigger(&mut sql).await?;
+    migrate::context_functions(&mut sql).await?;
     migrate::migrate(&mut sql, "feed", migrate::FEED).await?;
     sql.batch_execute(
         "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text, balance numeric(10, 2))",
