@@ -1,5 +1,5 @@
 # PostgreSQL 15 with the wal2json output plugin (pgoutput, the default, is built in) and the
-# pubsubpull_context extension: the audit-context trigger in C (extension/), which
+# pubsubpull_context extension: the audit-context trigger and set_context in C (extension/), which
 # `pubsubpull migrate` creates. Built from the repository root (see docker-compose.yml).
 FROM postgres:15 AS extension
 RUN apt-get update \
