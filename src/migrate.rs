@@ -104,12 +104,12 @@ async fn choose_context_functions(client: &mut Client) -> Result<(), MigrateErro
             Some(_) => None,
         };
         if let Some(statement) = statement {
-            match create_extension(client, statement).await {
+            match install_extension(client, statement).await {
                 Ok(()) => tracing::info!(version = available, "{statement}: the context functions in C"),
                 Err(error) => tracing::warn!(
                     error = %crate::error_chain(&error),
                     "cannot {statement}, so the context functions stay as they were (PL/pgSQL without the \
-                     extension); a superuser or the database owner can: pubsubpull migrate"
+                     extension); pubsubpull migrate as a superuser or the database owner can"
                 ),
             }
         }
@@ -135,7 +135,7 @@ async fn choose_context_functions(client: &mut Client) -> Result<(), MigrateErro
 
 /// Runs `statement` (creating or updating the extension) in a transaction that first drops the
 /// PL/pgSQL `set_context`, whose name the extension's takes; a failure leaves it in place.
-async fn create_extension(client: &mut Client, statement: &str) -> Result<(), tokio_postgres::Error> {
+async fn install_extension(client: &mut Client, statement: &str) -> Result<(), tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     transaction.batch_execute("SELECT pubsubpull.drop_plpgsql_set_context()").await?;
     transaction.batch_execute(statement).await?;
