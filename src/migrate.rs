@@ -114,22 +114,22 @@ async fn choose_context_functions(client: &mut Client) -> Result<(), MigrateErro
             }
         }
     }
-    let row = client
+    let refreshed = client
+        .query_one("SELECT pubsubpull.restore_set_context(), pubsubpull.refresh_context_triggers()", &[])
+        .await
+        .map_err(MigrateError::Prepare)?;
+    let (set_context_restored, tables_changed): (bool, i32) = (refreshed.get(0), refreshed.get(1));
+    // Read once set_context surely exists: a name in a query is looked up before it runs.
+    let chosen = client
         .query_one(
-            "SELECT pubsubpull.restore_set_context(), pubsubpull.refresh_context_triggers(),
-                    to_regprocedure('pubsubpull.capture_context_native()') IS NOT NULL",
+            "SELECT pubsubpull.context_trigger()::text, lanname FROM pg_proc JOIN pg_language l ON l.oid = prolang
+              WHERE pg_proc.oid = 'pubsubpull.set_context(jsonb)'::regprocedure",
             &[],
         )
         .await
         .map_err(MigrateError::Prepare)?;
-    let (restored, refreshed): (bool, i32) = (row.get(0), row.get(1));
-    let language = if row.get(2) { "C" } else { "PL/pgSQL" };
-    tracing::info!(
-        language,
-        tables_changed = refreshed,
-        set_context_restored = restored,
-        "context functions"
-    );
+    let (trigger, set_context): (String, String) = (chosen.get(0), chosen.get(1));
+    tracing::info!(trigger, tables_changed, set_context, set_context_restored, "context functions");
     Ok(())
 }
 
