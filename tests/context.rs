@@ -118,12 +118,12 @@ fn assert_functions(db: &TestDb, table: &str, language: Language) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_change_carries_its_own_transactions_context_with_the_c_trigger() {
+async fn every_change_carries_its_own_transactions_context_with_the_c_functions() {
     every_change_carries_its_own_transactions_context(Language::C).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_change_carries_its_own_transactions_context_with_the_plpgsql_trigger() {
+async fn every_change_carries_its_own_transactions_context_with_the_plpgsql_functions() {
     every_change_carries_its_own_transactions_context(Language::PlPgSql).await;
 }
 
