@@ -14,18 +14,17 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/table.h"
 #include "access/xact.h"
-#include "catalog/index.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
-#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/guc.h"
@@ -33,8 +32,10 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/xid8.h"
 
 PG_MODULE_MAGIC;
@@ -68,32 +69,44 @@ static const struct
 };
 
 /*
- * The subtransaction that wrote the current transaction's context row, or none. A rolled-back
- * savepoint takes the row away, so it takes the marker too; a released one hands the row to its
- * parent.
+ * Where the current transaction's context row is, as each (sub)transaction that wrote it left it:
+ * set_context updates it there. A rolled-back savepoint takes its versions of the row away, so it
+ * takes their places too; a released one hands them to its parent. Kept in TopTransactionContext.
  */
-static SubTransactionId row_written_in = InvalidSubTransactionId;
+typedef struct WrittenRow
+{
+	SubTransactionId by;
+	Oid			partition;
+	ItemPointerData tid;
+	struct WrittenRow *before;
+} WrittenRow;
+
+static WrittenRow *written = NULL;
 
 /*
  * What every row needs and few transactions change, kept across transactions rather than looked up
- * for each: pubsubpull.context's oid, where its columns are and how a row goes in (below),
- * forgotten when the table changes; the current user's name, forgotten when any role changes.
+ * for each, and forgotten when what it comes from changes: pubsubpull.context's oid, the partition
+ * of the current day with its bounds and its columns' positions (below), and the current user's
+ * name.
  */
 static Oid	context_relid = InvalidOid;
-static AttrNumber column_position[CONTEXT_COLUMNS];
 static Oid	user_name_of = InvalidOid;
 static NameData user_name;
 
 /*
- * How a row goes in. Into the table as migrations create it (only these columns, null allowed where
- * this trigger may leave one, its one index the primary key on xid, no trigger, no check), straight
- * into the heap and that index, as a catalog row goes in: the executor's insert would cost this
- * trigger a third more. Into anything more (an operator's own trigger or index, say), through the
- * executor as logical replication's apply worker inserts, so that it all applies as to an INSERT.
+ * The partition rows of transactions started from `from` to before `to` go to, when a row can go
+ * straight into its heap, as a catalog row goes in: one of the day partitions that migrations and
+ * pruning create (only these columns, null allowed where this trigger may leave one, no index, no
+ * trigger, no check). Anything else (the default partition, an operator's own trigger or index,
+ * say) gets its rows through an SQL INSERT into pubsubpull.context, so that it all applies.
  */
-static Oid	primary_key = InvalidOid;	/* invalid: through the executor */
-static IndexInfo *primary_key_info;
-static MemoryContext cache_memory;
+static struct
+{
+	Oid			relid;			/* invalid: none known */
+	TimestampTz from;
+	TimestampTz to;
+	AttrNumber	column_position[CONTEXT_COLUMNS];
+}			partition = {InvalidOid};
 
 /* pubsubpull.context, as set_context sets it: a real setting once this library is loaded. */
 static char *app_context_text = NULL;
@@ -109,25 +122,42 @@ static Jsonb *set_value = NULL;
 static void
 forget_row_at_transaction_end(XactEvent event, void *arg)
 {
-	row_written_in = InvalidSubTransactionId;
+	written = NULL;
 }
 
 static void
 follow_savepoints(SubXactEvent event, SubTransactionId subtransaction, SubTransactionId parent, void *arg)
 {
-	if (subtransaction != row_written_in)
-		return;
+	/* A subtransaction's versions are the newest: its children have ended before it. */
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-		row_written_in = InvalidSubTransactionId;
+		while (written != NULL && written->by == subtransaction)
+			written = written->before;
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
-		row_written_in = parent;
+		for (WrittenRow *row = written; row != NULL && row->by == subtransaction; row = row->before)
+			row->by = parent;
+}
+
+static void
+remember_row(Oid partition_relid, ItemPointer tid)
+{
+	WrittenRow *row = MemoryContextAlloc(TopTransactionContext, sizeof(WrittenRow));
+
+	row->by = GetCurrentSubTransactionId();
+	row->partition = partition_relid;
+	row->tid = *tid;
+	row->before = written;
+	written = row;
 }
 
 static void
 forget_context_table(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || relid == context_relid || relid == primary_key)
+	/* A partition added or dropped changes the table's relcache entry, as any change to it does. */
+	if (relid == InvalidOid || relid == context_relid || relid == partition.relid)
+	{
 		context_relid = InvalidOid;
+		partition.relid = InvalidOid;
+	}
 }
 
 static void
@@ -234,127 +264,198 @@ context_table(void)
 	return relid;
 }
 
-/* Learns the columns of pubsubpull.context, open, and how a row goes in. */
-static void
-learn_context_table(Relation rel)
+
+/* Whether rows can go straight into this table's heap (see `partition` above). */
+static bool
+takes_rows_directly(Relation rel)
 {
 	TupleDesc	descriptor = RelationGetDescr(rel);
 	List	   *indexes = RelationGetIndexList(rel);
 	int			columns = 0;
 	bool		nulls_refused = false;
+	AttrNumber	position[CONTEXT_COLUMNS];
 
-	locate_columns(descriptor, column_position);
+	locate_columns(descriptor, position);
 	for (int a = 0; a < descriptor->natts; a++)
 		columns += !TupleDescAttr(descriptor, a)->attisdropped;
 	for (int c = 0; c < CONTEXT_COLUMNS; c++)
-		nulls_refused |= context_columns[c].may_be_null
-			&& TupleDescAttr(descriptor, column_position[c] - 1)->attnotnull;
-
-	if (cache_memory == NULL)
-		cache_memory = AllocSetContextCreate(CacheMemoryContext, "pubsubpull context trigger",
-											 ALLOCSET_SMALL_SIZES);
-	MemoryContextReset(cache_memory);
-	primary_key = InvalidOid;
-	if (columns == CONTEXT_COLUMNS && !nulls_refused && rel->trigdesc == NULL
-		&& (descriptor->constr == NULL || descriptor->constr->num_check == 0)
-		&& list_length(indexes) == 1 && linitial_oid(indexes) == RelationGetPrimaryKeyIndex(rel))
-	{
-		Relation	index = index_open(linitial_oid(indexes), AccessShareLock);
-		MemoryContext caller = MemoryContextSwitchTo(cache_memory);
-		IndexInfo  *info = BuildIndexInfo(index);
-
-		MemoryContextSwitchTo(caller);
-		if (index->rd_rel->relam == BTREE_AM_OID && index->rd_index->indimmediate && info->ii_NumIndexAttrs == 1
-			&& info->ii_IndexAttrNumbers[0] == column_position[COLUMN_XID] && info->ii_Expressions == NIL
-			&& info->ii_Predicate == NIL)
-		{
-			primary_key = RelationGetRelid(index);
-			primary_key_info = info;
-		}
-		index_close(index, AccessShareLock);
-	}
+		nulls_refused |= context_columns[c].may_be_null && TupleDescAttr(descriptor, position[c] - 1)->attnotnull;
 	list_free(indexes);
-	context_relid = RelationGetRelid(rel);
-}
-
-static void
-insert_directly(Relation rel, Datum *value, bool *null)
-{
-	Relation	index = index_open(primary_key, RowExclusiveLock);
-	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), value, null);
-
-	simple_heap_insert(rel, tuple);
-	index_insert(index, &value[column_position[COLUMN_XID] - 1], &null[column_position[COLUMN_XID] - 1],
-				 &tuple->t_self, rel, UNIQUE_CHECK_YES, false, primary_key_info);
-	index_close(index, NoLock);
-	heap_freetuple(tuple);
+	return rel->rd_rel->relkind == RELKIND_RELATION && columns == CONTEXT_COLUMNS && !nulls_refused
+		&& indexes == NIL && rel->trigdesc == NULL && (descriptor->constr == NULL || descriptor->constr->num_check == 0);
 }
 
 /*
- * Constraints, indexes and any triggers of the context table apply as to an INSERT; its AFTER
- * triggers fire at the end of the statement that fired this one.
+ * The partition of pubsubpull.context that a row created `at` goes to, and its bounds; invalid for
+ * the default partition (or none). The server's own routing, as an INSERT does it.
  */
-static void
-insert_with_executor(Relation rel, Datum *value, bool *null)
+static Oid
+partition_for(Relation context, TimestampTz at, TimestampTz *from, TimestampTz *to)
 {
-	EState	   *estate = CreateExecutorState();
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
-	ResultRelInfo *result = makeNode(ResultRelInfo);
-	TupleTableSlot *slot;
+	PartitionKey key = RelationGetPartitionKey(context);
+	PartitionBoundInfo bounds = RelationGetPartitionDesc(context, true)->boundinfo;
+	Datum		value = TimestampTzGetDatum(at);
+	bool		equal;
+	int			below;
+	int			index;
 
-	rte->rtekind = RTE_RELATION;
-	rte->relid = RelationGetRelid(rel);
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
-	InitResultRelInfo(result, rel, 1, NULL, 0);
-	estate->es_output_cid = GetCurrentCommandId(true);
-	ExecOpenIndices(result, false);
+	if (key->strategy != PARTITION_STRATEGY_RANGE || key->partnatts != 1 || key->partattrs[0] <= 0
+		|| strcmp(NameStr(TupleDescAttr(RelationGetDescr(context), key->partattrs[0] - 1)->attname), "created_at") != 0
+		|| bounds == NULL)
+		return InvalidOid;
+	below = partition_range_datum_bsearch(key->partsupfunc, key->partcollation, bounds, 1, &value, &equal);
+	index = bounds->indexes[below + 1];
+	if (index < 0)
+		return InvalidOid;
+	*from = below >= 0 && bounds->kind[below][0] == PARTITION_RANGE_DATUM_VALUE
+		? DatumGetTimestampTz(bounds->datums[below][0]) : DT_NOBEGIN;
+	*to = below + 1 < bounds->ndatums && bounds->kind[below + 1][0] == PARTITION_RANGE_DATUM_VALUE
+		? DatumGetTimestampTz(bounds->datums[below + 1][0]) : DT_NOEND;
+	return RelationGetPartitionDesc(context, true)->oids[index];
+}
 
-	slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel), &TTSOpsVirtual);
-	ExecClearTuple(slot);
-	memcpy(slot->tts_values, value, RelationGetDescr(rel)->natts * sizeof(Datum));
-	memcpy(slot->tts_isnull, null, RelationGetDescr(rel)->natts * sizeof(bool));
-	ExecStoreVirtualTuple(slot);
-	ExecSimpleRelationInsert(result, estate, slot);
+/* Learns the partition a row created `at` goes to, if it takes rows directly. */
+static void
+learn_partition(TimestampTz at)
+{
+	Relation	context = OidIsValid(context_relid) ? try_table_open(context_relid, AccessShareLock) : NULL;
+	Oid			relid;
+	TimestampTz from = DT_NOBEGIN;
+	TimestampTz to = DT_NOEND;
 
-	ExecCloseIndices(result);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
+	if (context == NULL)
+		context = table_open(context_table(), AccessShareLock);
+	context_relid = RelationGetRelid(context);
+	partition.relid = InvalidOid;
+	/* The partitioned table's statement triggers would not fire for a row put into a partition. */
+	if (context->trigdesc != NULL)
+		relid = InvalidOid;
+	else if (context->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+		relid = partition_for(context, at, &from, &to);
+	else
+		relid = context_relid;
+	if (OidIsValid(relid))
+	{
+		Relation	rel = table_open(relid, RowExclusiveLock);
+
+		if (takes_rows_directly(rel))
+		{
+			locate_columns(RelationGetDescr(rel), partition.column_position);
+			partition.from = from;
+			partition.to = to;
+			partition.relid = relid;
+		}
+		table_close(rel, NoLock);
+	}
+	table_close(context, NoLock);
+}
+
+/* Puts the row straight into the heap of its partition; false where it cannot (see `partition`). */
+static bool
+insert_directly(TimestampTz at, const Datum *context, const bool *context_null)
+{
+	Relation	rel;
+	HeapTuple	tuple;
+	Datum	   *value;
+	bool	   *null;
+
+	if (!OidIsValid(partition.relid) || at < partition.from || at >= partition.to)
+		learn_partition(at);
+	if (!OidIsValid(partition.relid))
+		return false;
+	rel = try_table_open(partition.relid, RowExclusiveLock);
+	/* Taking the lock read the pending invalidations: a partition that changed was forgotten just now. */
+	if (rel == NULL || !OidIsValid(partition.relid))
+	{
+		if (rel != NULL)
+			table_close(rel, NoLock);
+		return false;
+	}
+
+	value = palloc(RelationGetDescr(rel)->natts * sizeof(Datum));
+	null = palloc(RelationGetDescr(rel)->natts * sizeof(bool));
+	memset(null, true, RelationGetDescr(rel)->natts * sizeof(bool));
+	for (int c = 0; c < CONTEXT_COLUMNS; c++)
+	{
+		value[partition.column_position[c] - 1] = context[c];
+		null[partition.column_position[c] - 1] = context_null[c];
+	}
+	tuple = heap_form_tuple(RelationGetDescr(rel), value, null);
+	simple_heap_insert(rel, tuple);
+	remember_row(RelationGetRelid(rel), &tuple->t_self);
+	table_close(rel, NoLock);
+	return true;
+}
+
+/* Where the one row an SPI statement returned (tableoid, ctid) is. */
+static void
+returned_row(Oid *relid, ItemPointer tid)
+{
+	bool		null;
+
+	*relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
+	*tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &null));
+}
+
+/* Runs one of this library's statements, planned once per session. */
+static void
+execute_kept(SPIPlanPtr *plan, const char *statement, int nargs, Oid *types, Datum *value, const char *null,
+			 int expected)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	prepared = SPI_prepare(statement, nargs, types);
+
+		if (prepared == NULL || SPI_keepplan(prepared) != 0)
+			elog(ERROR, "could not prepare \"%s\": %s", statement, SPI_result_code_string(SPI_result));
+		*plan = prepared;
+	}
+	if (SPI_execute_plan(*plan, value, null, false, 1) != expected || SPI_processed != 1)
+		elog(ERROR, "\"%s\" did not write the context row of the current transaction", statement);
+}
+
+/* Inserts the row with SQL, so that all the context table has (see `partition`) applies to it. */
+static void
+insert_with_sql(const Datum *context, const bool *context_null)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[CONTEXT_COLUMNS];
+	Datum		value[CONTEXT_COLUMNS];
+	char		null[CONTEXT_COLUMNS];
+	Oid			relid;
+	ItemPointerData tid;
+
+	for (int c = 0; c < CONTEXT_COLUMNS; c++)
+	{
+		types[c] = context_columns[c].type;
+		value[c] = context[c];
+		null[c] = context_null[c] ? 'n' : ' ';
+	}
+	SPI_connect();
+	execute_kept(&plan,
+				 "INSERT INTO pubsubpull.context (xid, app, db_user, application_name, client_addr, created_at) "
+				 "VALUES ($1, $2, $3, $4, $5, $6) RETURNING tableoid, ctid",
+				 CONTEXT_COLUMNS, types, value, null, SPI_OK_INSERT_RETURNING);
+	returned_row(&relid, &tid);
+	SPI_finish();
+	remember_row(relid, &tid);
 }
 
 static void
 write_context_row(void)
 {
-	Relation	rel = table_open(OidIsValid(context_relid) ? context_relid : context_table(), RowExclusiveLock);
-	int			natts = RelationGetDescr(rel)->natts;
-	Datum	   *value = palloc(natts * sizeof(Datum));
-	bool	   *null = palloc(natts * sizeof(bool));
 	Datum		context[CONTEXT_COLUMNS];
 	bool		context_null[CONTEXT_COLUMNS] = {false};
-
-	/* Taking the lock read the pending invalidations: a table that changed was forgotten just now. */
-	if (!OidIsValid(context_relid))
-		learn_context_table(rel);
+	TimestampTz at = GetCurrentTransactionStartTimestamp();
 
 	context[COLUMN_XID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	context[COLUMN_APP] = app_context(&context_null[COLUMN_APP]);
 	context[COLUMN_DB_USER] = db_user_value();
 	context[COLUMN_APPLICATION_NAME] = application_name_value(&context_null[COLUMN_APPLICATION_NAME]);
 	context[COLUMN_CLIENT_ADDR] = client_addr_value(&context_null[COLUMN_CLIENT_ADDR]);
-	context[COLUMN_CREATED_AT] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
-	memset(null, true, natts * sizeof(bool));
-	for (int c = 0; c < CONTEXT_COLUMNS; c++)
-	{
-		value[column_position[c] - 1] = context[c];
-		null[column_position[c] - 1] = context_null[c];
-	}
-
-	if (OidIsValid(primary_key))
-		insert_directly(rel, value, null);
-	else
-		insert_with_executor(rel, value, null);
-	table_close(rel, NoLock);
+	context[COLUMN_CREATED_AT] = TimestampTzGetDatum(at);
+	if (!insert_directly(at, context, context_null))
+		insert_with_sql(context, context_null);
 }
 
 PG_FUNCTION_INFO_V1(capture_context);
@@ -367,12 +468,27 @@ capture_context(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("pubsubpull.capture_context_native() must be called as a statement-level trigger")));
-	if (row_written_in == InvalidSubTransactionId)
-	{
+	if (written == NULL)
 		write_context_row();
-		row_written_in = GetCurrentSubTransactionId();
-	}
 	return PointerGetDatum(NULL);
+}
+
+/* Sets the app column of the row at (relid, tid), which then say where its new version is. */
+static void
+update_app(Jsonb *context, Oid *relid, ItemPointer tid)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {JSONBOID, OIDOID, TIDOID};
+	Datum		value[3] = {PointerGetDatum(context), ObjectIdGetDatum(*relid), PointerGetDatum(tid)};
+	char		null[3] = {context == NULL ? 'n' : ' ', ' ', ' '};
+
+	SPI_connect();
+	execute_kept(&plan,
+				 "UPDATE pubsubpull.context SET app = $1 "
+				 "WHERE tableoid OPERATOR(pg_catalog.=) $2 AND ctid OPERATOR(pg_catalog.=) $3 RETURNING tableoid, ctid",
+				 3, types, value, null, SPI_OK_UPDATE_RETURNING);
+	returned_row(relid, tid);
+	SPI_finish();
 }
 
 PG_FUNCTION_INFO_V1(set_context);
@@ -387,10 +503,15 @@ set_context(PG_FUNCTION_ARGS)
 {
 	Jsonb	   *context = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
 	char	   *text = context == NULL ? "" : JsonbToCString(NULL, &context->root, VARSIZE(context));
-	const char *plpgsql_marker = GetConfigOption("pubsubpull.context_written", true, false);
+	GucContext	setter = superuser() ? PGC_SUSET : PGC_USERSET;
+	/* Where the PL/pgSQL trigger wrote the row, as "tableoid ctid" (0006_context_by_day.sql). */
+	const char *plpgsql_written = GetConfigOption("pubsubpull.context_written", true, false);
+	Oid			relid;
+	ItemPointerData tid;
+	BlockNumber block;
+	OffsetNumber offset;
 
-	(void) set_config_option("pubsubpull.context", text, superuser() ? PGC_SUSET : PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	(void) set_config_option("pubsubpull.context", text, setter, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	if (set_text != NULL)
 	{
 		pfree(set_text);
@@ -404,18 +525,21 @@ set_context(PG_FUNCTION_ARGS)
 		set_text = MemoryContextStrdup(TopMemoryContext, text);
 	}
 
-	/* The row is written already (by either trigger): the context applies to the changes so far. */
-	if (row_written_in != InvalidSubTransactionId || (plpgsql_marker != NULL && strcmp(plpgsql_marker, "on") == 0))
+	/* The row is written already: the context applies to the changes so far. */
+	if (written != NULL)
 	{
-		Oid			type = JSONBOID;
-		Datum		value = PointerGetDatum(context);
-		char		null = context == NULL ? 'n' : ' ';
-
-		SPI_connect();
-		if (SPI_execute_with_args("UPDATE pubsubpull.context SET app = $1 WHERE xid = pg_current_xact_id()",
-								  1, &type, &value, &null, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update the context row of the current transaction");
-		SPI_finish();
+		relid = written->partition;
+		tid = written->tid;
+		update_app(context, &relid, &tid);
+		remember_row(relid, &tid);
+	}
+	else if (plpgsql_written != NULL && sscanf(plpgsql_written, "%u (%u,%hu)", &relid, &block, &offset) == 3)
+	{
+		ItemPointerSet(&tid, block, offset);
+		update_app(context, &relid, &tid);
+		(void) set_config_option("pubsubpull.context_written",
+								 psprintf("%u (%u,%u)", relid, ItemPointerGetBlockNumber(&tid), ItemPointerGetOffsetNumber(&tid)),
+								 setter, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	}
 	PG_RETURN_VOID();
 }

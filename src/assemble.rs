@@ -18,7 +18,7 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 
 use crate::decode::{Begin, Change, Commit, Event, Op, Row, TableName, Timestamp, Xid};
 use crate::lsn::Lsn;
-use crate::tracking::{CONTEXT_TABLE, TRACKED_TABLE};
+use crate::tracking::{is_context_table, TRACKED_TABLE};
 
 /// The transaction being assembled, as far as it is known.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -97,7 +97,7 @@ impl Assembler {
             }
             Event::Change(change) => {
                 let txn = self.current.as_mut().ok_or(AssembleError::OutsideTransaction("change"))?;
-                if is(&change.table, CONTEXT_TABLE) {
+                if is_context_table(&change.table) {
                     if matches!(change.op, Op::Insert | Op::Update) {
                         txn.context = change.new.map(context_of);
                     }
@@ -239,7 +239,8 @@ mod tests {
             ("db_user".into(), Value::Text("web".into())),
             ("created_at".into(), Value::Text("2026-11-28 10:00:00+00".into())),
         ]);
-        Change { table: Arc::new(TableName::new("pubsubpull", "context")), op, new: Some(row), ..change(2) }
+        let partition = Arc::new(TableName::new("pubsubpull", "context_20261128"));
+        Change { table: partition, op, new: Some(row), ..change(2) }
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub const SOURCE: &[Migration] = &[
         name: "0005_native_set_context.sql",
         sql: include_str!("../migrations/source/0005_native_set_context.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_context_by_day.sql",
+        sql: include_str!("../migrations/source/0006_context_by_day.sql"),
+    },
 ];
 
 /// The feed database's migrations (`migrations/feed/`), in order.

@@ -423,13 +423,21 @@ pub(crate) async fn stop_signal() {
     }
 }
 
-/// Deletes context rows older than `retention`. The stream does not need them (a transaction's
-/// context reaches us through the WAL); they stay only for audits in SQL.
+/// Drops the days of context rows older than `retention` (and creates the coming days' partitions).
+/// The stream does not need old rows (a transaction's context reaches us through the WAL); they
+/// stay only for audits in SQL.
 async fn prune_context(sql: &tokio_postgres::Client, retention: Duration) -> Result<(), PipelineError> {
     let row = sql
-        .query_one("SELECT pubsubpull.prune_context(make_interval(secs => $1))", &[&retention.as_secs_f64()])
+        .query_one(
+            "SELECT dropped_partitions, deleted_rows FROM pubsubpull.prune_context(make_interval(secs => $1))",
+            &[&retention.as_secs_f64()],
+        )
         .await?;
-    tracing::debug!(rows = row.get::<_, i64>(0), "pruned old context rows");
+    tracing::debug!(
+        partitions = row.get::<_, i32>(0),
+        default_partition_rows = row.get::<_, i64>(1),
+        "pruned old context rows"
+    );
     Ok(())
 }
 

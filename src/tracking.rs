@@ -10,8 +10,13 @@ use crate::decode::TableName;
 use crate::lsn::Lsn;
 
 /// pubsubpull's own tables, which reach the stream but are never passed on as changes.
-pub const CONTEXT_TABLE: (&str, &str) = ("pubsubpull", "context");
 pub const TRACKED_TABLE: (&str, &str) = ("pubsubpull", "tracked");
+
+/// Whether a change is a context row: plugins name the partition of `pubsubpull.context` that holds
+/// it (`pubsubpull.context_20261205`, `pubsubpull.context_default`, ...).
+pub fn is_context_table(table: &TableName) -> bool {
+    table.schema == "pubsubpull" && (table.name == "context" || table.name.starts_with("context_"))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackError {

@@ -178,13 +178,32 @@ async fn every_change_carries_its_own_transactions_context(language: Language) {
     );
 }
 
+/// Where the trigger writes context rows: the partition of the day, or the default partition when
+/// that day's is missing (the C trigger then writes with SQL, not straight into the heap).
+#[derive(Clone, Copy, Debug)]
+enum Partition {
+    OfTheDay,
+    Default,
+}
+
 /// Savepoints inside savepoints, and PL/pgSQL exception blocks (subtransactions too): a context
 /// row written in one that is undone goes with it, and the next change writes it again; a context
-/// set in one that is undone goes too, whether set before or after the row was written.
+/// set in one that is undone goes too, whether set before or after the row was written, and
+/// set_context after that still finds the row.
 #[test]
 fn undone_subtransactions_take_their_context_row_with_them() {
-    for language in [Language::C, Language::PlPgSql] {
+    for (language, partition) in [
+        (Language::C, Partition::OfTheDay),
+        (Language::PlPgSql, Partition::OfTheDay),
+        (Language::C, Partition::Default),
+        (Language::PlPgSql, Partition::Default),
+    ] {
+        let case = format!("{language:?}, {partition:?}");
         let db = migrated(language);
+        let today = db.sql("SELECT 'pubsubpull.context_' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')");
+        if let Partition::Default = partition {
+            db.sql(&format!("DROP TABLE {today}"));
+        }
         db.sql("CREATE TABLE notes (id serial PRIMARY KEY, note text)");
         pubsubpull(&["track", "--database-url", &db.url(), "notes"]);
         assert_functions(&db, "notes", language);
@@ -204,7 +223,12 @@ fn undone_subtransactions_take_their_context_row_with_them() {
              INSERT INTO notes (note) VALUES ('set before'); COMMIT; \
              BEGIN; SELECT pubsubpull.set_context('{\"case\": \"set after\"}'); \
              INSERT INTO notes (note) VALUES ('set after'); \
-             SAVEPOINT a; SELECT pubsubpull.set_context('{\"case\": \"undone\"}'); ROLLBACK TO a; COMMIT;",
+             SAVEPOINT a; SELECT pubsubpull.set_context('{\"case\": \"undone\"}'); ROLLBACK TO a; COMMIT; \
+             BEGIN; INSERT INTO notes (note) VALUES ('set after, again'); \
+             SELECT pubsubpull.set_context('{\"case\": \"first\"}'); \
+             SAVEPOINT a; SELECT pubsubpull.set_context('{\"case\": \"undone\"}'); ROLLBACK TO a; \
+             SAVEPOINT b; SELECT pubsubpull.set_context('{\"case\": \"released\"}'); RELEASE b; \
+             SELECT pubsubpull.set_context('{\"case\": \"set after, again\"}'); COMMIT;",
         );
         let changes = tail(&db, "pgoutput", &db.current_lsn());
         let seen: Vec<(&Value, &Value)> =
@@ -218,17 +242,33 @@ fn undone_subtransactions_take_their_context_row_with_them() {
                 (&json!("after release"), &Value::Null),
                 (&json!("set before"), &json!({"case": "set before"})),
                 (&json!("set after"), &json!({"case": "set after"})),
+                (&json!("set after, again"), &json!({"case": "set after, again"})),
             ],
-            "{language:?}"
+            "{case}"
         );
         for change in &changes {
-            assert_eq!(change["context"]["db_user"], "postgres", "{language:?}: {change}");
+            assert_eq!(change["context"]["db_user"], "postgres", "{case}: {change}");
         }
+        let expected_partition = match partition {
+            Partition::OfTheDay => today.as_str(),
+            Partition::Default => "pubsubpull.context_default",
+        };
         assert_eq!(
-            db.sql("SELECT count(*) FROM pubsubpull.context"),
-            "5",
-            "{language:?}: one row per transaction"
+            db.sql(
+                "SELECT count(*), string_agg(DISTINCT tableoid::regclass::text, ' ') FROM pubsubpull.context"
+            ),
+            format!("6|{expected_partition}"),
+            "{case}: one row per transaction"
         );
+        // Pruning leaves a day whose rows are in the default partition there (creating the day's
+        // partition fails, and pruning goes on).
+        db.sql("SELECT pubsubpull.prune_context('1 day')");
+        let day_partition = matches!(partition, Partition::OfTheDay);
+        assert_eq!(
+            db.sql(&format!("SELECT to_regclass('{today}') IS NOT NULL")),
+            ["f", "t"][day_partition as usize]
+        );
+        assert_eq!(db.sql("SELECT count(*) FROM pubsubpull.context"), "6", "{case}");
     }
 }
 
@@ -285,7 +325,11 @@ fn indexes_triggers_and_constraints_added_to_the_context_table_apply_to_its_rows
             "SET enable_seqscan = off;
              EXPLAIN SELECT count(*) FROM pubsubpull.context WHERE db_user = current_user",
         );
-        assert!(plan.contains("context_by_user"), "the counts must come from the index: {plan}");
+        // The partitions' indexes of context_by_user.
+        assert!(
+            plan.contains("db_user_idx") && !plan.contains("Seq Scan"),
+            "the counts must come from the index: {plan}"
+        );
     }
 }
 

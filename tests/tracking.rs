@@ -36,7 +36,7 @@ fn migrate_is_idempotent_and_safe_to_run_concurrently() {
     ok(pubsubpull(&["migrate", "--database-url", &url]));
     assert_eq!(
         db.sql("SELECT target, version FROM pubsubpull.schema_migrations ORDER BY target, version"),
-        "feed|1\nfeed|2\nsource|1\nsource|2\nsource|3\nsource|4\nsource|5"
+        "feed|1\nfeed|2\nsource|1\nsource|2\nsource|3\nsource|4\nsource|5\nsource|6"
     );
     assert_eq!(db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pubsubpull_context'"), "1");
     assert_eq!(db.sql("SELECT count(*) FROM pg_publication WHERE pubname = 'pubsubpull'"), "1");
@@ -124,8 +124,24 @@ fn a_consumer_of_a_permanent_slot_prunes_old_context_rows() {
     db.sql("CREATE TABLE t (id int PRIMARY KEY)");
     ok(pubsubpull(&["track", "--database-url", &url, "t"]));
     db.sql("INSERT INTO t VALUES (1)");
-    // An earlier pruning, two days ago, saw the transaction ids up to here.
-    db.sql("INSERT INTO pubsubpull.context_horizon VALUES (pg_current_xact_id(), now() - interval '2 days')");
+    // Rows of three days ago, in a partition of their own, and of five days ago, in the default
+    // partition (no partition of that day).
+    db.sql(
+        "CREATE TABLE pubsubpull.context_old PARTITION OF pubsubpull.context
+             FOR VALUES FROM (now() - interval '4 days') TO (now() - interval '3 days');
+         INSERT INTO pubsubpull.context (xid, db_user, created_at)
+             VALUES ('1', 'old', now() - interval '3 days 12 hours'), ('2', 'older', now() - interval '5 days')",
+    );
+    let partitions = "SELECT string_agg(relname, ' ' ORDER BY relname) FROM pg_class
+                       WHERE relispartition AND relnamespace = 'pubsubpull'::regnamespace";
+    let day = |offset: i64| {
+        db.sql(&format!("SELECT to_char((now() AT TIME ZONE 'UTC')::date + {offset}, 'YYYYMMDD')"))
+    };
+    let (today, tomorrow, after) = (day(0), day(1), day(2));
+    assert_eq!(
+        db.sql(partitions),
+        format!("context_{today} context_{tomorrow} context_{after} context_default context_old")
+    );
     db.sql("INSERT INTO t VALUES (2)");
     let slot = db.slot("prune");
     ok(pubsubpull(&[
@@ -140,8 +156,14 @@ fn a_consumer_of_a_permanent_slot_prunes_old_context_rows() {
         &db.current_lsn(),
     ]));
     assert_eq!(
-        db.sql("SELECT count(*) FROM pubsubpull.context"),
-        "1",
-        "the old row pruned, the recent one kept"
+        db.sql("SELECT string_agg(db_user, ' ') FROM pubsubpull.context WHERE db_user <> current_user"),
+        "",
+        "the old rows pruned"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM pubsubpull.context"), "2", "the recent ones kept");
+    assert_eq!(
+        db.sql(partitions),
+        format!("context_{today} context_{tomorrow} context_{after} context_default"),
+        "the old day's partition dropped"
     );
 }
