@@ -70,13 +70,12 @@ static const struct
 
 /*
  * Where the current transaction's context row is, as each (sub)transaction that wrote it left it:
- * set_context updates it there. A rolled-back savepoint takes its versions of the row away, so it
+ * set_context updates it there (in the partition of the transaction's start time, created_at). A rolled-back savepoint takes its versions of the row away, so it
  * takes their places too; a released one hands them to its parent. Kept in TopTransactionContext.
  */
 typedef struct WrittenRow
 {
 	SubTransactionId by;
-	Oid			partition;
 	ItemPointerData tid;
 	struct WrittenRow *before;
 } WrittenRow;
@@ -138,12 +137,11 @@ follow_savepoints(SubXactEvent event, SubTransactionId subtransaction, SubTransa
 }
 
 static void
-remember_row(Oid partition_relid, ItemPointer tid)
+remember_row(ItemPointer tid)
 {
 	WrittenRow *row = MemoryContextAlloc(TopTransactionContext, sizeof(WrittenRow));
 
 	row->by = GetCurrentSubTransactionId();
-	row->partition = partition_relid;
 	row->tid = *tid;
 	row->before = written;
 	written = row;
@@ -382,19 +380,18 @@ insert_directly(TimestampTz at, const Datum *context, const bool *context_null)
 	}
 	tuple = heap_form_tuple(RelationGetDescr(rel), value, null);
 	simple_heap_insert(rel, tuple);
-	remember_row(RelationGetRelid(rel), &tuple->t_self);
+	remember_row(&tuple->t_self);
 	table_close(rel, NoLock);
 	return true;
 }
 
-/* Where the one row an SPI statement returned (tableoid, ctid) is. */
-static void
-returned_row(Oid *relid, ItemPointer tid)
+/* Where the one row an SPI statement returned (its ctid) is. */
+static ItemPointerData
+returned_row(void)
 {
 	bool		null;
 
-	*relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
-	*tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &null));
+	return *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &null));
 }
 
 /* Runs one of this library's statements, planned once per session. */
@@ -422,7 +419,6 @@ insert_with_sql(const Datum *context, const bool *context_null)
 	Oid			types[CONTEXT_COLUMNS];
 	Datum		value[CONTEXT_COLUMNS];
 	char		null[CONTEXT_COLUMNS];
-	Oid			relid;
 	ItemPointerData tid;
 
 	for (int c = 0; c < CONTEXT_COLUMNS; c++)
@@ -434,11 +430,11 @@ insert_with_sql(const Datum *context, const bool *context_null)
 	SPI_connect();
 	execute_kept(&plan,
 				 "INSERT INTO pubsubpull.context (xid, app, db_user, application_name, client_addr, created_at) "
-				 "VALUES ($1, $2, $3, $4, $5, $6) RETURNING tableoid, ctid",
+				 "VALUES ($1, $2, $3, $4, $5, $6) RETURNING ctid",
 				 CONTEXT_COLUMNS, types, value, null, SPI_OK_INSERT_RETURNING);
-	returned_row(&relid, &tid);
+	tid = returned_row();
 	SPI_finish();
-	remember_row(relid, &tid);
+	remember_row(&tid);
 }
 
 static void
@@ -473,22 +469,26 @@ capture_context(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-/* Sets the app column of the row at (relid, tid), which then say where its new version is. */
-static void
-update_app(Jsonb *context, Oid *relid, ItemPointer tid)
+/*
+ * Sets the app column of the transaction's row at `tid` (of the partition of its created_at, the
+ * transaction's start time); returns where its new version is.
+ */
+static ItemPointerData
+update_app(Jsonb *context, ItemPointerData tid)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[3] = {JSONBOID, OIDOID, TIDOID};
-	Datum		value[3] = {PointerGetDatum(context), ObjectIdGetDatum(*relid), PointerGetDatum(tid)};
-	char		null[3] = {context == NULL ? 'n' : ' ', ' ', ' '};
+	Oid			types[2] = {JSONBOID, TIDOID};
+	Datum		value[2] = {PointerGetDatum(context), PointerGetDatum(&tid)};
+	char		null[2] = {context == NULL ? 'n' : ' ', ' '};
 
 	SPI_connect();
 	execute_kept(&plan,
-				 "UPDATE pubsubpull.context SET app = $1 "
-				 "WHERE tableoid OPERATOR(pg_catalog.=) $2 AND ctid OPERATOR(pg_catalog.=) $3 RETURNING tableoid, ctid",
-				 3, types, value, null, SPI_OK_UPDATE_RETURNING);
-	returned_row(relid, tid);
+				 "UPDATE pubsubpull.context SET app = $1 WHERE created_at OPERATOR(pg_catalog.=) pg_catalog.now() "
+				 "AND ctid OPERATOR(pg_catalog.=) $2 RETURNING ctid",
+				 2, types, value, null, SPI_OK_UPDATE_RETURNING);
+	tid = returned_row();
 	SPI_finish();
+	return tid;
 }
 
 PG_FUNCTION_INFO_V1(set_context);
@@ -504,12 +504,9 @@ set_context(PG_FUNCTION_ARGS)
 	Jsonb	   *context = PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0);
 	char	   *text = context == NULL ? "" : JsonbToCString(NULL, &context->root, VARSIZE(context));
 	GucContext	setter = superuser() ? PGC_SUSET : PGC_USERSET;
-	/* Where the PL/pgSQL trigger wrote the row, as "tableoid ctid" (0006_context_by_day.sql). */
+	/* Where the PL/pgSQL trigger wrote the row (0006_context_by_day.sql). */
 	const char *plpgsql_written = GetConfigOption("pubsubpull.context_written", true, false);
-	Oid			relid;
 	ItemPointerData tid;
-	BlockNumber block;
-	OffsetNumber offset;
 
 	(void) set_config_option("pubsubpull.context", text, setter, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	if (set_text != NULL)
@@ -528,17 +525,13 @@ set_context(PG_FUNCTION_ARGS)
 	/* The row is written already: the context applies to the changes so far. */
 	if (written != NULL)
 	{
-		relid = written->partition;
-		tid = written->tid;
-		update_app(context, &relid, &tid);
-		remember_row(relid, &tid);
+		tid = update_app(context, written->tid);
+		remember_row(&tid);
 	}
-	else if (plpgsql_written != NULL && sscanf(plpgsql_written, "%u (%u,%hu)", &relid, &block, &offset) == 3)
+	else if (plpgsql_written != NULL && plpgsql_written[0] != '\0')
 	{
-		ItemPointerSet(&tid, block, offset);
-		update_app(context, &relid, &tid);
-		(void) set_config_option("pubsubpull.context_written",
-								 psprintf("%u (%u,%u)", relid, ItemPointerGetBlockNumber(&tid), ItemPointerGetOffsetNumber(&tid)),
+		tid = update_app(context, *(ItemPointer) DatumGetPointer(DirectFunctionCall1(tidin, CStringGetDatum(plpgsql_written))));
+		(void) set_config_option("pubsubpull.context_written", DatumGetCString(DirectFunctionCall1(tidout, PointerGetDatum(&tid))),
 								 setter, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	}
 	PG_RETURN_VOID();

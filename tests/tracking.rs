@@ -167,3 +167,49 @@ fn a_consumer_of_a_permanent_slot_prunes_old_context_rows() {
         "the old day's partition dropped"
     );
 }
+
+/// A database migrated before the context table was partitioned keeps its context rows: the old
+/// table becomes the partition of the days up to its newest row's, pruned with them.
+#[test]
+fn migrate_keeps_the_rows_of_the_context_table_from_before_partitions() {
+    let db = TestDb::new();
+    let url = db.url();
+    // The schema as migrations 1 to 5 left it (the table pubsubpull migrate records them in, as it
+    // creates it), with rows of three and two days ago.
+    db.sql(&format!(
+        "CREATE SCHEMA pubsubpull;
+         CREATE TABLE pubsubpull.schema_migrations (target text NOT NULL, version int NOT NULL, name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (target, version));
+         {}{}{}{}{}
+         INSERT INTO pubsubpull.schema_migrations (target, version, name) SELECT 'source', v, '' FROM generate_series(1, 5) v;
+         INSERT INTO pubsubpull.context (xid, db_user, created_at)
+             VALUES ('1', 'three days ago', now() - interval '3 days'), ('2', 'two days ago', now() - interval '2 days')",
+        include_str!("../migrations/source/0001_audit_context.sql"),
+        include_str!("../migrations/source/0002_lean_context.sql"),
+        include_str!("../migrations/source/0003_native_context_trigger.sql"),
+        include_str!("../migrations/source/0004_lighter_plpgsql_trigger.sql"),
+        include_str!("../migrations/source/0005_native_set_context.sql"),
+    ));
+    ok(pubsubpull(&["migrate", "--database-url", &url]));
+    let before = "pubsubpull.context_until_partitioned";
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT pg_get_expr(relpartbound, oid) = format('FOR VALUES FROM (MINVALUE) TO (%L)',
+                    (((now() - interval '2 days') AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC')
+               FROM pg_class WHERE oid = '{before}'::regclass"
+        )),
+        "t",
+        "the old rows' partition ends with the day of the newest"
+    );
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    ok(pubsubpull(&["track", "--database-url", &url, "t"]));
+    db.sql("INSERT INTO t VALUES (1)");
+    assert_eq!(
+        db.sql("SELECT string_agg(db_user || ' ' || (tableoid = 'pubsubpull.context_until_partitioned'::regclass), ', '
+                  ORDER BY created_at) FROM pubsubpull.context"),
+        "three days ago true, two days ago true, postgres false"
+    );
+    db.sql("SELECT pubsubpull.prune_context('1 day')");
+    assert_eq!(db.sql(&format!("SELECT to_regclass('{before}') IS NULL")), "t", "pruned as one day");
+    assert_eq!(db.sql("SELECT string_agg(db_user, ' ') FROM pubsubpull.context"), "postgres");
+}

@@ -5,8 +5,8 @@
 -- - pruning by age drops whole days, partition by partition, rather than deleting rows along the
 --   key (so pruning no longer writes WAL the streamer reads back either);
 -- - set_context after the transaction's first change updates the row where the trigger wrote it:
---   the partition and the tuple id, which the trigger keeps (the PL/pgSQL one in the
---   transaction-local pubsubpull.context_written, as "tableoid ctid");
+--   the partition of the transaction's start time (created_at = now()) and the tuple id, which the
+--   trigger keeps (the PL/pgSQL one in the transaction-local pubsubpull.context_written);
 -- - the replica identity that publishing that update needs is the whole row.
 -- The streamer takes the rows of every partition (pubsubpull.context_*) as context rows: all three
 -- plugins name the partition, not the partitioned table. Days are created ahead (two days here,
@@ -32,8 +32,8 @@ ALTER TABLE pubsubpull.context REPLICA IDENTITY FULL;
 CREATE TABLE pubsubpull.context_default PARTITION OF pubsubpull.context DEFAULT;
 ALTER TABLE pubsubpull.context_default REPLICA IDENTITY FULL;
 ALTER PUBLICATION pubsubpull ADD TABLE pubsubpull.context;
--- As before, and the row's place, which set_context updates it by.
-GRANT SELECT (xid, tableoid, ctid), INSERT, UPDATE (app) ON pubsubpull.context TO PUBLIC;
+-- As before, and what set_context finds the row by.
+GRANT SELECT (xid, created_at, ctid), INSERT, UPDATE (app) ON pubsubpull.context TO PUBLIC;
 
 -- Creates the partitions of today and the next `days` days (UTC) that are missing; returns how
 -- many it created. A day whose rows went to the default partition meanwhile stays there.
@@ -110,7 +110,7 @@ BEGIN
     GET DIAGNOSTICS deleted_rows = ROW_COUNT;
 END $$;
 
--- The PL/pgSQL trigger: as in 0004, with the row's place as the "row written" marker.
+-- The PL/pgSQL trigger: as in 0004, with the row's tuple id as the "row written" marker.
 CREATE OR REPLACE FUNCTION pubsubpull.capture_context() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -120,13 +120,13 @@ BEGIN
         INSERT INTO pubsubpull.context (xid, app, db_user, application_name, client_addr)
         VALUES (pg_current_xact_id(), nullif(current_setting('pubsubpull.context', true), '')::jsonb,
                 current_user, nullif(current_setting('application_name', true), ''), inet_client_addr())
-        RETURNING tableoid || ' ' || ctid INTO written;
+        RETURNING ctid INTO written;
         written := set_config('pubsubpull.context_written', written, true);
     END IF;
     RETURN NULL;
 END $$;
 
--- As in 0005, with the PL/pgSQL set_context finding the row by its place.
+-- As in 0005, with the PL/pgSQL set_context finding the row by its tuple id.
 CREATE OR REPLACE FUNCTION pubsubpull.restore_set_context() RETURNS boolean
 LANGUAGE plpgsql AS $restore$
 BEGIN
@@ -144,8 +144,8 @@ BEGIN
         -- The row is written already: the context applies to the changes made so far too.
         IF written <> '' THEN
             UPDATE pubsubpull.context SET app = set_context.context
-             WHERE tableoid = split_part(written, ' ', 1)::oid AND ctid = split_part(written, ' ', 2)::tid
-            RETURNING tableoid || ' ' || ctid INTO written;
+             WHERE created_at = now() AND ctid = written::tid
+            RETURNING ctid INTO written;
             PERFORM set_config('pubsubpull.context_written', written, true);
         END IF;
     END $$;
