@@ -5,11 +5,11 @@
  * each statement on a tracked table, write the transaction's row of pubsubpull.context once.
  * Written in PL/pgSQL, the trigger costs small write transactions about a quarter more server
  * instructions (bench/context): a PL/pgSQL call on every statement, a transaction-local setting as
- * the "row written" marker, and an SQL INSERT through the executor. Here the marker is a
- * variable of the backend, kept right across savepoints by transaction callbacks, and the row goes
- * straight into the heap and the primary key, as a catalog row does.
+ * the "row written" marker, and an SQL INSERT through the executor. Here the marker (where the
+ * row is) is a variable of the backend, kept right across savepoints by transaction callbacks, and
+ * the row goes straight into the heap of the day's partition, as a catalog row does.
  *
- * set_context does what the PL/pgSQL one (migrations/source/0005) does, and keeps the jsonb it was
+ * set_context does what the PL/pgSQL one (migrations/source/0006) does, and keeps the jsonb it was
  * given, so that the trigger need not parse the setting's text back into jsonb.
  */
 #include "postgres.h"

@@ -263,7 +263,10 @@ impl<S: Sink> Pipeline<'_, S> {
         loop {
             if let (Some(retention), Some(_)) = (self.options.retention, &self.tracked) {
                 if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
-                    prune_context(self.sql, retention).await?;
+                    // Housekeeping: the stream goes on without it, and the next pruning tries again.
+                    if let Err(error) = prune_context(self.sql, retention).await {
+                        tracing::warn!(error = %crate::error_chain(&error), "cannot prune old context rows");
+                    }
                     last_prune = Some(Instant::now());
                 }
             }

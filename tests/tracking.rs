@@ -213,3 +213,34 @@ fn migrate_keeps_the_rows_of_the_context_table_from_before_partitions() {
     assert_eq!(db.sql(&format!("SELECT to_regclass('{before}') IS NULL")), "t", "pruned as one day");
     assert_eq!(db.sql("SELECT string_agg(db_user, ' ') FROM pubsubpull.context"), "postgres");
 }
+
+/// Pruning is housekeeping: a consumer whose role may not prune (it does not own the context
+/// table) streams on, and says why it could not.
+#[test]
+fn a_consumer_that_cannot_prune_streams_on() {
+    let db = TestDb::new();
+    let url = db.url();
+    ok(pubsubpull(&["migrate", "--database-url", &url]));
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    ok(pubsubpull(&["track", "--database-url", &url, "t"]));
+    let slot = db.slot("noprune");
+    db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
+    db.sql("INSERT INTO t VALUES (1)");
+    let as_streamer = db.url_as("scram_user");
+    let output = ok(pubsubpull(&[
+        "tail",
+        "--database-url",
+        &as_streamer,
+        "--slot",
+        &slot,
+        "--retention",
+        "1d",
+        "--endpos",
+        &db.current_lsn(),
+    ]));
+    let change: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("one change ({error}): {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(change["new"]["id"], 1);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("cannot prune old context rows") && log.contains("permission denied"), "{log}");
+}

@@ -57,6 +57,9 @@ BEGIN
         EXCEPTION
             WHEN check_violation THEN NULL;  -- rows of that day are in the default partition
             WHEN invalid_object_definition THEN NULL;  -- another partition covers (part of) that day
+            WHEN duplicate_table THEN NULL;  -- created meanwhile by another session
+            WHEN lock_not_available THEN  -- under a lock_timeout: left to the next pruning
+                RAISE WARNING 'pubsubpull: the context table is in use, partition % left to the next pruning', partition;
         END;
     END LOOP;
     RETURN created;
@@ -87,10 +90,11 @@ DECLARE
     horizon timestamptz := now() - retention;
     partition record;
 BEGIN
-    PERFORM pubsubpull.create_context_partitions(2);
-    -- Dropping a partition waits for the context table's lock, and queries of the table would wait
-    -- behind it: rather than make them wait long, leave it to the next pruning.
+    -- Creating or dropping a partition waits for the context table's lock, and writers of tracked
+    -- tables that go through it would wait behind: rather than make them wait long, leave it to
+    -- the next pruning.
     PERFORM set_config('lock_timeout', '1s', true);
+    PERFORM pubsubpull.create_context_partitions(2);
     dropped_partitions := 0;
     FOR partition IN
         SELECT c.oid::regclass AS name,
@@ -103,7 +107,7 @@ BEGIN
             EXECUTE format('DROP TABLE %s', partition.name);
             dropped_partitions := dropped_partitions + 1;
         EXCEPTION WHEN lock_not_available THEN
-            RAISE WARNING 'pubsubpull.prune_context: % is in use, left to the next pruning', partition.name;
+            RAISE WARNING 'pubsubpull: the context table is in use, partition % left to the next pruning', partition.name;
         END;
     END LOOP;
     DELETE FROM pubsubpull.context_default WHERE created_at < horizon;
