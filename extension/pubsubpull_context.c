@@ -262,25 +262,25 @@ context_table(void)
 	return relid;
 }
 
-
 /* Whether rows can go straight into this table's heap (see `partition` above). */
 static bool
 takes_rows_directly(Relation rel)
 {
 	TupleDesc	descriptor = RelationGetDescr(rel);
 	List	   *indexes = RelationGetIndexList(rel);
+	bool		indexed = indexes != NIL;
 	int			columns = 0;
 	bool		nulls_refused = false;
 	AttrNumber	position[CONTEXT_COLUMNS];
 
+	list_free(indexes);
 	locate_columns(descriptor, position);
 	for (int a = 0; a < descriptor->natts; a++)
 		columns += !TupleDescAttr(descriptor, a)->attisdropped;
 	for (int c = 0; c < CONTEXT_COLUMNS; c++)
 		nulls_refused |= context_columns[c].may_be_null && TupleDescAttr(descriptor, position[c] - 1)->attnotnull;
-	list_free(indexes);
-	return rel->rd_rel->relkind == RELKIND_RELATION && columns == CONTEXT_COLUMNS && !nulls_refused
-		&& indexes == NIL && rel->trigdesc == NULL && (descriptor->constr == NULL || descriptor->constr->num_check == 0);
+	return rel->rd_rel->relkind == RELKIND_RELATION && columns == CONTEXT_COLUMNS && !nulls_refused && !indexed
+		&& rel->trigdesc == NULL && (descriptor->constr == NULL || descriptor->constr->num_check == 0);
 }
 
 /*
