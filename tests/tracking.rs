@@ -13,6 +13,13 @@ fn pubsubpull(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pubsubpull")).args(args).output().expect("run pubsubpull")
 }
 
+/// Migrates the database and tracks a new table `t (id int PRIMARY KEY)`.
+fn migrate_and_track_t(url: &str, db: &TestDb) {
+    ok(pubsubpull(&["migrate", "--database-url", url]));
+    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
+    ok(pubsubpull(&["track", "--database-url", url, "t"]));
+}
+
 fn ok(output: Output) -> Output {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
     output
@@ -120,9 +127,7 @@ fn only_tracked_tables_reach_the_output_as_tracking_changes() {
 fn a_consumer_of_a_permanent_slot_prunes_old_context_rows() {
     let db = TestDb::new();
     let url = db.url();
-    ok(pubsubpull(&["migrate", "--database-url", &url]));
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    ok(pubsubpull(&["track", "--database-url", &url, "t"]));
+    migrate_and_track_t(&url, &db);
     db.sql("INSERT INTO t VALUES (1)");
     // Rows of three days ago, in a partition of their own, and of five days ago, in the default
     // partition (no partition of that day).
@@ -220,9 +225,7 @@ fn migrate_keeps_the_rows_of_the_context_table_from_before_partitions() {
 fn a_consumer_that_cannot_prune_streams_on() {
     let db = TestDb::new();
     let url = db.url();
-    ok(pubsubpull(&["migrate", "--database-url", &url]));
-    db.sql("CREATE TABLE t (id int PRIMARY KEY)");
-    ok(pubsubpull(&["track", "--database-url", &url, "t"]));
+    migrate_and_track_t(&url, &db);
     let slot = db.slot("noprune");
     db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"));
     db.sql("INSERT INTO t VALUES (1)");
