@@ -70,8 +70,9 @@ static const struct
 
 /*
  * Where the current transaction's context row is, as each (sub)transaction that wrote it left it:
- * set_context updates it there (in the partition of the transaction's start time, created_at). A rolled-back savepoint takes its versions of the row away, so it
- * takes their places too; a released one hands them to its parent. Kept in TopTransactionContext.
+ * set_context updates it there (in the partition of the transaction's start time, created_at). A
+ * rolled-back savepoint takes its versions of the row away, so it takes their places too; a
+ * released one hands them to its parent. Kept in TopTransactionContext.
  */
 typedef struct WrittenRow
 {
