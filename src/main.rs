@@ -269,17 +269,37 @@ async fn run_streamer(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn run_track(args: TrackArgs) -> anyhow::Result<()> {
-    let client = sql_client(&args.database).await?;
-    tracking::track(&client, &args.tables, args.replica_identity_full).await?;
+    let mut client = sql_client(&args.database).await?;
+    tracking::track(&mut client, &args.tables, args.replica_identity_full)
+        .await
+        .map_err(|err| none_of(&args.tables, "tracked", err))?;
     tracing::info!(tables = ?args.tables, "tracking");
     Ok(())
 }
 
 async fn run_untrack(args: UntrackArgs) -> anyhow::Result<()> {
-    let client = sql_client(&args.database).await?;
-    tracking::untrack(&client, &args.tables).await?;
-    tracing::info!(tables = ?args.tables, "no longer tracking");
+    let mut client = sql_client(&args.database).await?;
+    let not_tracked = tracking::untrack(&mut client, &args.tables)
+        .await
+        .map_err(|err| none_of(&args.tables, "untracked", err))?;
+    for table in &not_tracked {
+        tracing::warn!(table, "was not tracked");
+    }
+    let untracked: Vec<_> = args.tables.iter().filter(|table| !not_tracked.contains(table)).collect();
+    if !untracked.is_empty() {
+        tracing::info!(tables = ?untracked, "no longer tracking");
+    }
     Ok(())
+}
+
+/// `track` and `untrack` change all their tables or none: an error about one says so when there were more.
+fn none_of(tables: &[String], done: &str, err: tracking::TrackError) -> anyhow::Error {
+    let err = anyhow::Error::from(err);
+    if tables.len() > 1 {
+        err.context(format!("no table was {done}"))
+    } else {
+        err
+    }
 }
 
 async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
@@ -309,7 +329,10 @@ async fn run_tail(args: TailArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not in a log file or a journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::decode::TableName;
@@ -30,28 +31,53 @@ pub enum TrackError {
 }
 
 /// Starts capturing each of `tables` (names as SQL takes them: `schema.table`, quoted where
-/// needed). With `full_identity`, a table without a key gets REPLICA IDENTITY FULL.
-pub async fn track(client: &Client, tables: &[String], full_identity: bool) -> Result<(), TrackError> {
+/// needed), all or none: one that is refused leaves the others as they were. With
+/// `full_identity`, a table without a key gets REPLICA IDENTITY FULL.
+pub async fn track(client: &mut Client, tables: &[String], full_identity: bool) -> Result<(), TrackError> {
     ensure_migrated(client).await?;
+    let transaction = client.transaction().await?;
     for table in tables {
-        client
-            .execute("SELECT pubsubpull.track($1::text::regclass, $2)", &[table, &full_identity])
-            .await
-            .map_err(|err| refused(table, err))?;
+        let statement = "SELECT pubsubpull.track($1::text::regclass, $2)";
+        if let Err(err) = transaction.execute(statement, &[table, &full_identity]).await {
+            transaction.rollback().await?;
+            return Err(refused(client, table, err).await);
+        }
     }
+    transaction.commit().await?;
     Ok(())
 }
 
-/// Stops capturing each of `tables`.
-pub async fn untrack(client: &Client, tables: &[String]) -> Result<(), TrackError> {
+/// Stops capturing each of `tables`, all or none; returns those of them that were not tracked
+/// (untracking them only removes what a partial `track` may have left: trigger, publication).
+pub async fn untrack(client: &mut Client, tables: &[String]) -> Result<Vec<String>, TrackError> {
     ensure_migrated(client).await?;
+    let transaction = client.transaction().await?;
+    // Not the server's notice that an untracked table has no trigger to drop: the caller says so.
+    transaction.batch_execute("SET LOCAL client_min_messages = warning").await?;
+    let mut not_tracked = Vec::new();
     for table in tables {
-        client
-            .execute("SELECT pubsubpull.untrack($1::text::regclass)", &[table])
-            .await
-            .map_err(|err| refused(table, err))?;
+        let untracked = async {
+            let was_tracked: bool = transaction
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pubsubpull.tracked WHERE relid = $1::text::regclass AND untracked_lsn IS NULL)",
+                    &[table],
+                )
+                .await?
+                .get(0);
+            transaction.execute("SELECT pubsubpull.untrack($1::text::regclass)", &[table]).await?;
+            Ok::<_, tokio_postgres::Error>(was_tracked)
+        };
+        match untracked.await {
+            Ok(true) => {}
+            Ok(false) => not_tracked.push(table.clone()),
+            Err(err) => {
+                transaction.rollback().await?;
+                return Err(refused(client, table, err).await);
+            }
+        }
     }
-    Ok(())
+    transaction.commit().await?;
+    Ok(not_tracked)
 }
 
 /// When each table was tracked: the WAL periods from `track` to `untrack`.
@@ -105,16 +131,45 @@ async fn ensure_migrated(client: &Client) -> Result<(), TrackError> {
     }
 }
 
-/// The server's refusal (not a table, no key, unknown name) as the user's error.
-fn refused(table: &str, err: tokio_postgres::Error) -> TrackError {
-    match err.as_db_error() {
-        Some(db) => TrackError::Refused {
-            table: table.to_owned(),
-            message: db.message().to_owned(),
-            hint: db.hint().map(str::to_owned),
-        },
-        None => TrackError::Sql(err),
+/// The server's refusal (not a table, no key, unknown name) as the user's error. A name that
+/// matches no table as SQL reads it (folded to lower case unless quoted) gets the tables it may have
+/// meant, spelled as SQL takes them.
+async fn refused(client: &Client, table: &str, err: tokio_postgres::Error) -> TrackError {
+    let Some(db) = err.as_db_error() else { return TrackError::Sql(err) };
+    let mut hint = db.hint().map(str::to_owned);
+    let name_errors = [
+        SqlState::UNDEFINED_TABLE,
+        SqlState::INVALID_NAME,
+        SqlState::SYNTAX_ERROR,
+        SqlState::FEATURE_NOT_SUPPORTED,
+    ];
+    if name_errors.contains(db.code()) {
+        if let Ok(meant) = tables_named_like(client, table).await {
+            if let Some(first) = meant.first() {
+                hint = Some(format!(
+                    "did you mean {}? Names are SQL identifiers, folded to lower case unless double-quoted (in a shell: '{first}')",
+                    meant.join(", ")
+                ));
+            }
+        }
     }
+    TrackError::Refused { table: table.to_owned(), message: db.message().to_owned(), hint }
+}
+
+/// The tables whose name, or schema and name, is `name` but for case and quotes, as SQL names them.
+async fn tables_named_like(client: &Client, name: &str) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.oid::regclass::text
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+                AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pubsubpull')
+                AND lower(replace($1, '\"', '')) IN (lower(c.relname), lower(n.nspname || '.' || c.relname))
+              ORDER BY 1",
+            &[&name],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 #[cfg(test)]

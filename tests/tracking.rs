@@ -77,10 +77,29 @@ fn track_keeps_trigger_publication_and_registry_in_step() {
     let missing =
         String::from_utf8_lossy(&pubsubpull(&["track", "--database-url", &url, "nope"]).stderr).into_owned();
     assert!(missing.contains("relation \"nope\" does not exist"), "{missing}");
+    // A name as the user sees it, not as SQL reads it: the message says how to spell it.
+    for unquoted in ["odd name", "ODD NAME", "public.Odd Name"] {
+        let misspelled = pubsubpull(&["track", "--database-url", &url, unquoted]);
+        let message = String::from_utf8_lossy(&misspelled.stderr);
+        assert!(message.contains("did you mean \"Odd Name\"?"), "{message}");
+    }
+    // All or none: a table refused leaves the ones before it untracked.
+    db.sql("CREATE TABLE u (id int PRIMARY KEY)");
+    let partly = pubsubpull(&["track", "--database-url", &url, "u", "keyless"]);
+    let message = String::from_utf8_lossy(&partly.stderr);
+    assert!(!partly.status.success() && message.contains("no table was tracked: keyless:"), "{message}");
+    assert_eq!(db.sql(registry), "\"Odd Name\",t");
+    assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pubsubpull_context'"), "2");
     ok(pubsubpull(&["track", "--database-url", &url, "--replica-identity-full", "keyless"]));
     assert_eq!(db.sql("SELECT relreplident FROM pg_class WHERE relname = 'keyless'"), "f");
 
-    ok(pubsubpull(&["untrack", "--database-url", &url, "t", "keyless"]));
+    let partly = pubsubpull(&["untrack", "--database-url", &url, "t", "nope"]);
+    assert!(!partly.status.success(), "{}", String::from_utf8_lossy(&partly.stderr));
+    assert_eq!(db.sql(registry), "\"Odd Name\",keyless,t");
+
+    let untracked = ok(pubsubpull(&["untrack", "--database-url", &url, "t", "keyless", "u"]));
+    let message = String::from_utf8_lossy(&untracked.stderr);
+    assert!(message.contains("was not tracked table=\"u\""), "{message}");
     assert_eq!(db.sql(published), "Odd Name");
     assert_eq!(db.sql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pubsubpull_context'"), "1");
     assert_eq!(db.sql(registry), "\"Odd Name\"");

@@ -57,7 +57,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<()> {
         "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL, email text, balance numeric(10, 2))",
     )
     .await?;
-    tracking::track(&sql, &["customers".to_owned()], false).await?;
+    tracking::track(&mut sql, &["customers".to_owned()], false).await?;
     let trigger: String = sql.query_one("SELECT pubsubpull.context_trigger()::text", &[]).await?.get(0);
     say(
         "postgres",
