@@ -18,7 +18,7 @@ use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 
 use crate::decode::{Begin, Change, Commit, Event, Op, Row, TableName, Timestamp, Xid};
 use crate::lsn::Lsn;
-use crate::tracking::{is_context_table, TRACKED_TABLE};
+use crate::tracking::{is_context_table, PARTITIONS_MESSAGE, TRACKED_TABLE};
 
 /// The transaction being assembled, as far as it is known.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -44,6 +44,8 @@ pub enum Step {
     Commit { txn: Transaction, end_lsn: Lsn },
     /// The set of tracked tables changed (a `pubsubpull.tracked` row was written).
     TrackingChanged,
+    /// The tracked tables' partitions from here on, as `pubsubpull.tracked_partitions()` lists them.
+    Partitions(Vec<u8>),
     /// Nothing for the consumer (logical decoding messages, context rows).
     Nothing,
 }
@@ -113,6 +115,9 @@ impl Assembler {
                 txn.committed_at = committed_at.or(txn.committed_at);
                 txn.settled = true;
                 Ok(Step::Commit { txn, end_lsn })
+            }
+            Event::Message(message) if message.transactional && message.prefix == PARTITIONS_MESSAGE => {
+                Ok(Step::Partitions(message.content))
             }
             // Non-transactional messages arrive outside transactions; we pass on none of them.
             Event::Message(_) => Ok(Step::Nothing),

@@ -47,6 +47,11 @@ pub const SOURCE: &[Migration] = &[
         name: "0006_context_by_day.sql",
         sql: include_str!("../migrations/source/0006_context_by_day.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_partitioned_tables.sql",
+        sql: include_str!("../migrations/source/0007_partitioned_tables.sql"),
+    },
 ];
 
 /// The feed database's migrations (`migrations/feed/`), in order.
@@ -118,6 +123,15 @@ async fn choose_context_functions(client: &mut Client) -> Result<(), MigrateErro
                 ),
             }
         }
+    }
+    // Only a superuser may create an event trigger; without it, partitions created later get the
+    // context trigger from the next migrate or track.
+    if let Err(error) = client.batch_execute("SELECT pubsubpull.watch_new_partitions()").await {
+        tracing::warn!(
+            error = %crate::error_chain(&error),
+            "cannot watch for new partitions of tracked tables: pubsubpull migrate (or track) gives them \
+             the context trigger when run again; pubsubpull migrate as a superuser watches for them"
+        );
     }
     let refreshed = client
         .query_one("SELECT pubsubpull.restore_set_context(), pubsubpull.refresh_context_triggers()", &[])

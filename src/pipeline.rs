@@ -304,8 +304,8 @@ impl<S: Sink> Pipeline<'_, S> {
                             return Ok(Stopped::AtEndpos);
                         }
                     }
-                    if tracking_changed {
-                        self.tracked = tracking::tracked_tables(self.sql).await?;
+                    if let (true, Some(tracked)) = (tracking_changed, &mut self.tracked) {
+                        tracked.reload_periods(self.sql).await?;
                     }
                 }
                 Next::Message(ReplicationMessage::Keepalive(keepalive)) => {
@@ -338,9 +338,12 @@ impl<S: Sink> Pipeline<'_, S> {
                     return Ok(Flow::Stop);
                 }
             }
-            Step::Change(change) => {
-                if self.tracked.as_ref().is_some_and(|tracked| !tracked.contains(&change.table, change.lsn)) {
-                    return Ok(Flow::Go);
+            Step::Change(mut change) => {
+                if let Some(tracked) = &self.tracked {
+                    let Some(table) = tracked.captured_as(&change.table, change.lsn) else {
+                        return Ok(Flow::Go);
+                    };
+                    change.table = table;
                 }
                 let Some(txn) = self.assembler.current() else { return Ok(Flow::Go) };
                 self.summary.changes += 1;
@@ -356,6 +359,13 @@ impl<S: Sink> Pipeline<'_, S> {
                 self.meter.commit(end_lsn, txn.committed_at);
                 self.committed = end_lsn;
                 self.summary.transactions += 1;
+            }
+            Step::Partitions(list) => {
+                if let Some(tracked) = &mut self.tracked {
+                    if !tracked.set_partitions(&list) {
+                        tracing::warn!("a partitions message that is not a list of partitions: ignored");
+                    }
+                }
             }
             Step::TrackingChanged | Step::Nothing => {}
         }
@@ -390,6 +400,11 @@ impl<S: Sink> Pipeline<'_, S> {
                 Err(miss) if miss.is_catalog_miss() && !reloaded => {
                     tracing::debug!(lsn = %lsn, error = %miss, "reloading the catalog");
                     self.catalog = source::load_catalog(self.sql).await?;
+                    // A table new to the catalog may be a new partition of a tracked table, which
+                    // only the event trigger would have told.
+                    if self.tracked.as_ref().is_some_and(|tracked| !tracked.partitions_told) {
+                        self.tracked = tracking::tracked_tables(self.sql).await?;
+                    }
                     reloaded = true;
                 }
                 Err(DecodeError::UnknownTable(table)) => {

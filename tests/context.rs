@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::TestDb;
@@ -390,4 +391,98 @@ fn a_huge_transaction_gets_its_late_context_in_bounded_memory() {
     let peak_kib: u64 =
         stderr.rsplit("peak_kib=").next().and_then(|s| s.trim().parse().ok()).expect("peak memory");
     assert!(peak_kib < 64 * 1024, "peak memory {peak_kib} KiB");
+}
+
+/// A partitioned table: its changes, made through it or straight into a partition, one created or
+/// attached while the streamers run included, come under its own name with their transaction's
+/// context, whatever the plugin; a partition detached since is no longer captured.
+#[test]
+fn a_partitioned_tables_changes_come_under_its_name_with_their_context() {
+    let db = migrated(Language::C);
+    db.sql(
+        "CREATE TABLE parted (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu');
+         CREATE TABLE loose (id int, region text NOT NULL, PRIMARY KEY (id, region))",
+    );
+    pubsubpull(&["track", "--database-url", &db.url(), "parted"]);
+    let plugins = ["pgoutput", "wal2json", "test_decoding"];
+    let tails: Vec<_> = plugins
+        .iter()
+        .map(|plugin| {
+            let slot = db.slot(plugin);
+            db.sql(&format!("SELECT pg_create_logical_replication_slot('{slot}', '{plugin}')"));
+            let mut tail = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+                .args(["tail", "--database-url", &db.url(), "--plugin", plugin, "--slot", &slot])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("run pubsubpull tail");
+            let stdout = std::io::BufReader::new(tail.stdout.take().unwrap());
+            let lines =
+                std::thread::spawn(move || std::io::BufRead::lines(stdout).map_while(Result::ok).collect());
+            (plugin, tail, lines)
+        })
+        .collect();
+    support::wait_until("the streamers to start", Duration::from_secs(30), || {
+        db.sql("SELECT count(*) FROM pg_replication_slots WHERE active") == "3"
+    });
+
+    let with_context = |request: i32, statement: &str| {
+        db.sql(&format!(
+            "BEGIN; SELECT pubsubpull.set_context('{{\"request\": {request}}}'); {statement}; COMMIT"
+        ));
+    };
+    with_context(1, "INSERT INTO parted VALUES (1, 'eu')");
+    with_context(2, "INSERT INTO parted_eu VALUES (2, 'eu')");
+    db.sql("CREATE TABLE parted_us PARTITION OF parted FOR VALUES IN ('us')");
+    with_context(3, "INSERT INTO parted_us VALUES (3, 'us')");
+    db.sql("ALTER TABLE parted ATTACH PARTITION loose FOR VALUES IN ('asia')");
+    with_context(4, "INSERT INTO loose VALUES (4, 'asia')");
+    db.sql("INSERT INTO parted_us VALUES (5, 'us')");
+    db.sql("ALTER TABLE parted DETACH PARTITION loose");
+    with_context(6, "INSERT INTO loose VALUES (6, 'asia')");
+    with_context(7, "INSERT INTO parted VALUES (7, 'eu')");
+    assert_eq!(
+        db.sql("SELECT string_agg(tgrelid::regclass::text, ' ' ORDER BY tgrelid::regclass::text) FROM pg_trigger WHERE tgname = 'pubsubpull_context'"),
+        "loose parted parted_eu parted_us",
+        "the event trigger gives new partitions the context trigger"
+    );
+    let endpos = db.current_lsn();
+    support::wait_until("the streamers to confirm every change", Duration::from_secs(30), || {
+        db.sql(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE active AND confirmed_flush_lsn >= '{endpos}'"
+        )) == "3"
+    });
+
+    for (plugin, mut tail, lines) in tails {
+        tail.kill().unwrap();
+        tail.wait().unwrap();
+        let lines: Vec<String> = lines.join().unwrap();
+        let seen: Vec<(String, i64, Value)> = lines
+            .iter()
+            .map(|line| serde_json::from_str::<Value>(line).unwrap())
+            .map(|change| {
+                assert_eq!(change["context"]["db_user"], "postgres", "{plugin}: {change}");
+                let app = &change["context"]["app"];
+                (
+                    change["table"].as_str().unwrap().to_owned(),
+                    change["new"]["id"].as_i64().unwrap(),
+                    app.clone(),
+                )
+            })
+            .collect();
+        let parted = |id, app| ("public.parted".to_owned(), id, app);
+        assert_eq!(
+            seen,
+            [
+                parted(1, json!({"request": 1})),
+                parted(2, json!({"request": 2})),
+                parted(3, json!({"request": 3})),
+                parted(4, json!({"request": 4})),
+                parted(5, Value::Null),
+                parted(7, json!({"request": 7})),
+            ],
+            "{plugin}"
+        );
+    }
 }

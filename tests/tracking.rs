@@ -43,7 +43,7 @@ fn migrate_is_idempotent_and_safe_to_run_concurrently() {
     ok(pubsubpull(&["migrate", "--database-url", &url]));
     assert_eq!(
         db.sql("SELECT target, version FROM pubsubpull.schema_migrations ORDER BY target, version"),
-        "feed|1\nfeed|2\nsource|1\nsource|2\nsource|3\nsource|4\nsource|5\nsource|6"
+        "feed|1\nfeed|2\nsource|1\nsource|2\nsource|3\nsource|4\nsource|5\nsource|6\nsource|7"
     );
     assert_eq!(db.sql("SELECT count(*) FROM pg_extension WHERE extname = 'pubsubpull_context'"), "1");
     assert_eq!(db.sql("SELECT count(*) FROM pg_publication WHERE pubname = 'pubsubpull'"), "1");
