@@ -25,6 +25,13 @@ LANGUAGE sql STABLE AS $$
     SELECT target UNION SELECT relid FROM pg_partition_tree(target)
 $$;
 
+-- A table and every partitioned table above it (pg_partition_ancestors lists none for a table that
+-- is not a partition, not even the table itself).
+CREATE FUNCTION pubsubpull.with_ancestors(target regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    SELECT target UNION SELECT relid FROM pg_partition_ancestors(target)
+$$;
+
 -- As in 0003, with the trigger on the table's partitions as well, and the partitions told to the
 -- streamer (as the event trigger below does).
 CREATE OR REPLACE FUNCTION pubsubpull.track(target regclass, full_identity boolean DEFAULT false) RETURNS void
@@ -72,7 +79,7 @@ BEGIN
     FOR t IN SELECT pubsubpull.with_partitions(target) LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM pubsubpull.tracked tr
                                WHERE tr.untracked_lsn IS NULL AND tr.relid <> target
-                                 AND tr.relid IN (SELECT relid FROM pg_partition_ancestors(t)));
+                                 AND tr.relid IN (SELECT pubsubpull.with_ancestors(t)));
         EXECUTE format('DROP TRIGGER IF EXISTS pubsubpull_context ON %s', t);
     END LOOP;
     IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
@@ -107,9 +114,9 @@ END $$;
 
 -- After CREATE TABLE ... PARTITION OF, ALTER TABLE ... ATTACH or DETACH PARTITION (and any other
 -- CREATE or ALTER TABLE in a tracked table's tree): the context trigger on partitions below tracked
--- tables that lack it, and a transactional message with the tracked tables' partitions as they
--- are now, which the streamer takes at this point of the stream. It must not make anyone's DDL
--- fail: what it cannot do is a warning.
+-- tables that lack it, none on those detached from them, and a transactional message with the
+-- tracked tables' partitions as they are now, which the streamer takes at this point of the
+-- stream. It must not make anyone's DDL fail: what it cannot do is a warning.
 CREATE FUNCTION pubsubpull.trigger_new_partitions() RETURNS event_trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -123,12 +130,22 @@ BEGIN
           LEFT JOIN pg_trigger tg ON tg.tgrelid = p.p AND tg.tgname = 'pubsubpull_context'
          WHERE command.classid = 'pg_class'::regclass AND command.objsubid = 0
            AND EXISTS (SELECT 1 FROM pubsubpull.tracked t
-                        WHERE t.untracked_lsn IS NULL AND t.relid IN (SELECT relid FROM pg_partition_ancestors(p.p)))
+                        WHERE t.untracked_lsn IS NULL AND t.relid IN (SELECT pubsubpull.with_ancestors(p.p)))
     LOOP
         IF partition.untriggered THEN
             PERFORM pubsubpull.install_context_trigger(partition.relid);
         END IF;
         seen := true;
+    END LOOP;
+    -- A partition detached from a tracked table keeps no trigger of its own (of those that this
+    -- user may drop it from).
+    FOR partition IN
+        SELECT tg.tgrelid::regclass AS relid FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+         WHERE tg.tgname = 'pubsubpull_context' AND pg_has_role(c.relowner, 'USAGE')
+           AND NOT EXISTS (SELECT 1 FROM pubsubpull.tracked t
+                            WHERE t.untracked_lsn IS NULL AND t.relid IN (SELECT pubsubpull.with_ancestors(tg.tgrelid)))
+    LOOP
+        EXECUTE format('DROP TRIGGER pubsubpull_context ON %s', partition.relid);
     END LOOP;
     IF seen THEN
         PERFORM pg_logical_emit_message(true, 'pubsubpull.partitions', pubsubpull.tracked_partitions()::text);
