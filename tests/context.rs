@@ -518,6 +518,12 @@ fn a_partitioned_tables_changes_come_under_its_name_with_their_context() {
         ];
         assert_eq!(changes, expected, "{plugin}");
     }
+    let both = Command::new(env!("CARGO_BIN_EXE_pubsubpull"))
+        .args(["track", "--database-url", &db.url(), "parted_eu"])
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&both.stderr);
+    assert!(!both.status.success() && message.contains("parted is tracked"), "one name a change: {message}");
     pubsubpull(&["untrack", "--database-url", &db.url(), "parted"]);
     assert_eq!(
         db.sql("SELECT count(*) FROM pg_trigger WHERE tgname = 'pubsubpull_context'"),

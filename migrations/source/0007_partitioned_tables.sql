@@ -32,12 +32,14 @@ LANGUAGE sql STABLE AS $$
     SELECT target UNION SELECT relid FROM pg_partition_ancestors(target)
 $$;
 
--- As in 0003, with the trigger on the table's partitions as well, and the partitions told to the
--- streamer (as the event trigger below does).
+-- As in 0003, with the trigger on the table's partitions as well, the partitions told to the
+-- streamer (as the event trigger below does), and a partition of a tracked table refused (or the
+-- partitioned table of a tracked partition).
 CREATE OR REPLACE FUNCTION pubsubpull.track(target regclass, full_identity boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     rel record;
+    overlap regclass;
 BEGIN
     SELECT c.relkind, c.relreplident, n.nspname, c.relname,
            EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
@@ -51,6 +53,15 @@ BEGIN
     END IF;
     IF rel.nspname = 'pubsubpull' THEN
         RAISE EXCEPTION 'cannot track %: pubsubpull''s own tables are not captured', target;
+    END IF;
+    -- A change is captured under one name: a partition's, or its partitioned table's, not both.
+    SELECT t.relid::regclass INTO overlap FROM pubsubpull.tracked t
+     WHERE t.untracked_lsn IS NULL AND t.relid <> target
+       AND (t.relid IN (SELECT pubsubpull.with_ancestors(target)) OR t.relid IN (SELECT pubsubpull.with_partitions(target)))
+     LIMIT 1;
+    IF overlap IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot track %: % is tracked, and the one is a partition of the other', target, overlap
+            USING HINT = format('A partitioned table''s changes include its partitions'': track either, not both (pubsubpull untrack %s first).', overlap);
     END IF;
     IF rel.relreplident <> 'f' AND NOT rel.has_identity THEN
         IF NOT full_identity THEN
