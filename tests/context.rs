@@ -465,9 +465,10 @@ fn with_context(db: &TestDb, request: i32, statement: &str) {
     ));
 }
 
+/// A table partitioned by region, with one partition.
 const PARTED: &str =
-    "CREATE TABLE parted (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
-                      CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu')";
+    "CREATE TABLE parted (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region); \
+     CREATE TABLE parted_eu PARTITION OF parted FOR VALUES IN ('eu')";
 
 /// A change of `parted` made with psql, with `app` as its application context.
 fn parted(id: i64, app: Value) -> Seen {
